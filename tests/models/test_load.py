@@ -1,0 +1,126 @@
+"""load_model: spec forms, random-init controls, checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import transformers as T
+from safetensors.torch import save_file
+
+import vitprobe
+from tests.models import zoo
+from vitprobe.cli import main
+from vitprobe.errors import UnsupportedModelError, VitprobeError
+
+
+def test_timm_spec_and_weights_shapes():
+    m = vitprobe.load_model("timm:vit_tiny_patch16_224", pretrained=False)
+    assert (m.n_layers, m.n_heads, m.d_model, m.d_head) == (12, 3, 192, 64)
+    assert m.W_Q.shape == (12, 3, 192, 64)
+    assert m.W_O.shape == (12, 3, 64, 192)
+    assert m.b_O.shape == (12, 192)
+    assert m.ln1_weight.shape == (12, 192)
+    assert m.grid == (14, 14) and m.prefix_tokens == ("cls",)
+    assert m.preprocess.input_size == (224, 224)
+    # W_Q[l, h] is the h-th block of rows of the fused qkv Linear, transposed
+    qkv = m.model.blocks[3].attn.qkv.weight
+    assert torch.equal(m.W_Q[3, 1], qkv[64:128].T)
+    assert torch.equal(m.W_K[3, 1], qkv[192 + 64:192 + 128].T)
+
+
+def test_random_init_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = vitprobe.load_model("timm:vit_tiny_patch16_224", pretrained=False, seed=7)
+    after = torch.rand(1)
+    b = vitprobe.load_model("timm:vit_tiny_patch16_224", pretrained=False, seed=7)
+    c = vitprobe.load_model("timm:vit_tiny_patch16_224", pretrained=False, seed=8)
+    assert torch.equal(before, after)
+    assert torch.equal(a.W_Q, b.W_Q)
+    assert not torch.equal(a.W_Q, c.W_Q)
+
+
+def test_torchvision_spec():
+    m = vitprobe.load_model("torchvision:vit_b_32", pretrained=False)
+    assert (m.n_layers, m.n_heads, m.d_model, m.grid) == (12, 12, 768, (7, 7))
+
+
+def test_hf_local_directory(tmp_path):
+    model = zoo.hf_deit()
+    model.save_pretrained(tmp_path / "deit")
+    for spec in (f"hf:{tmp_path / 'deit'}", str(tmp_path / "deit")):
+        m = vitprobe.load_model(spec)
+        assert m.prefix_tokens == ("cls", "dist")
+        assert torch.equal(m.W_Q[0, 0], model.layers[0].attention.q_proj.weight[:16].T)
+        assert "local directory" in m.source
+
+
+def test_hf_local_non_vit_is_rejected(tmp_path):
+    T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(UnsupportedModelError, match="'bert' model"):
+        vitprobe.load_model(f"hf:{tmp_path / 'bert'}")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_checkpoint_file_round_trip(tmp_path, suffix):
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, path)
+    m = vitprobe.load_model("timm:vit_tiny_patch16_224", checkpoint=path, seed=99)
+    assert torch.equal(m.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert m.pretrained and str(path.name) in m.source
+
+
+def test_checkpoint_mismatch_and_missing_file(tmp_path):
+    other = timm.create_model("vit_small_patch16_224", pretrained=False, depth=1)
+    path = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(VitprobeError, match="does not fit"):
+        vitprobe.load_model("timm:vit_tiny_patch16_224", checkpoint=path)
+    with pytest.raises(VitprobeError, match="not found"):
+        vitprobe.load_model("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "nope.pth")
+    with pytest.raises(VitprobeError, match="weights file"):
+        vitprobe.load_model(str(path))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("timm:resnet18", "not the plain|not a supported|VisionTransformer"),
+        ("timm:no_such_model_xyz", "no model named"),
+        ("torchvision:resnet18", "not a ViT"),
+        ("vit_base_patch16_224", "prefix it with its library"),
+        ("foo:bar", "cannot read model spec"),
+        ("timm:", "names no model"),
+    ],
+)
+def test_spec_errors_name_the_culprit(spec, message):
+    with pytest.raises(VitprobeError, match=message):
+        vitprobe.load_model(spec, pretrained=False)
+
+
+def test_wrapping_a_non_vit_names_what_was_found():
+    with pytest.raises(UnsupportedModelError, match=r"ResNet.*top-level modules: conv1"):
+        vitprobe.models.wrap(timm.create_model("resnet18", pretrained=False))
+    with pytest.raises(UnsupportedModelError, match="Sequential"):
+        vitprobe.models.wrap(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_info_command(capsys):
+    assert main(["info", "timm:deit_tiny_distilled_patch16_224", "--random-init"]) == 0
+    out = capsys.readouterr().out
+    assert "cls, dist" in out and "14 x 14 patches of 16 px; 198 tokens" in out
+    assert main(["info", "timm:vit_tiny_patch16_224", "--random-init", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["n_heads"] == 3 and facts["source"] == "random init"
+    assert main(["info", "nonsense"]) == 1
+    assert "unknown model 'nonsense'" in capsys.readouterr().err
