@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved  # noqa: E402
-
-import vitprobe  # noqa: E402
+import vitprobe
+from _timing import interleaved
 
 
 def main() -> None:
@@ -33,10 +32,10 @@ def main() -> None:
         pixels = torch.randn(args.batch, 3, *model.preprocess.input_size)
         sites = ["blocks.*.attn.out", "blocks.*.mlp.out"]
 
-        def plain():
+        def plain(model=model, pixels=pixels):
             model(pixels)
 
-        def recorded():
+        def recorded(model=model, pixels=pixels, sites=sites):
             model.stream([pixels], sites, consumer=lambda batch, cache: None)
 
         t = interleaved({"plain": plain, "recorded": recorded}, repeats=args.repeats)
