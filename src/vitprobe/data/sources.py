@@ -1,0 +1,314 @@
+"""Image sources: a catalogue of samples in a canonical order, and a selection of it.
+
+A :class:`Catalog` knows every sample a source offers (its *universe*), in a
+canonical order that does not depend on the file system: folders, lists and tar
+shards are sorted by sample id (relative path, NFC-normalised, compared by code
+point); Hugging Face datasets by row index; the demo set by photo name and crop
+number; stimuli by their index. :class:`ImageSource` is a catalogue plus an array of
+selected positions; ``subset``, ``shard`` and ``exclude`` return new sources and never
+touch the files, so they are cheap even for 50k-image folders.
+
+Determinism of ``subset(n, seed)``: positions ``numpy.random.default_rng(seed)
+.permutation(len(self))[:n]``, then sorted back into canonical order. It depends only
+on the set of ids and on ``(n, seed)``, not on listing order, file system, or machine.
+Subsets are nested: with the same seed, the first 100 are inside the first 1000.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitprobe.errors import ImageSourceError
+
+__all__ = ["Catalog", "ImageSource", "Sample", "open_images"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One selected sample: ``id`` is its stable identity (relative path,
+    ``hf:name:split:index``, ``demo:astronaut:crop(y,x,h,w)``, ...); ``meta`` holds
+    labels, crop boxes or stimulus parameters; ``position`` is its index in the
+    catalogue's canonical order."""
+
+    id: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    position: int = -1
+
+
+class Catalog:
+    """All samples a source offers, in canonical order. Subclasses implement
+    ``__len__``, ``sample_id``, ``load`` and usually ``sample_meta`` / ``where``.
+
+    Catalogues travel to DataLoader worker processes, so they must be picklable and
+    must not hold open file handles.
+    """
+
+    kind: str = "images"
+    #: True for generated stimuli: images come at the model input size, no resize/crop
+    native_resolution: bool = False
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample_id(self, position: int) -> str:
+        raise NotImplementedError
+
+    def sample_meta(self, position: int) -> dict[str, Any]:
+        return {}
+
+    def load(self, position: int) -> Image.Image | np.ndarray:
+        """Decoded RGB ``PIL.Image``, or for stimuli a float (H, W, 3) array in [0, 1].
+
+        Raises:
+            vitprobe.data.decode.DecodeError: the sample cannot be decoded (skipped).
+        """
+        raise NotImplementedError
+
+    def where(self, position: int) -> str:
+        """Where to find the sample (an absolute path for files), for skip reports."""
+        return self.sample_id(position)
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class ImageSource:
+    """A selection of samples from a :class:`Catalog`.
+
+    Attributes:
+        catalog: the underlying catalogue (the whole universe of samples).
+        positions: int64 array of selected catalogue positions, in canonical order.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        positions: np.ndarray | None = None,
+        selection: tuple[str, ...] = (),
+    ) -> None:
+        self.catalog = catalog
+        if positions is None:
+            positions = np.arange(len(catalog), dtype=np.int64)
+        self.positions = np.asarray(positions, dtype=np.int64)
+        self._selection = selection
+
+    # -- identity ------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> Sample:
+        position = int(self.positions[index])
+        return Sample(
+            self.catalog.sample_id(position), self.catalog.sample_meta(position), position
+        )
+
+    def __iter__(self) -> Iterator[Sample]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def __repr__(self) -> str:
+        return f"ImageSource({self.description!r})"
+
+    @property
+    def ids(self) -> list[str]:
+        """Stable string identity of each selected sample, in order."""
+        return [self.catalog.sample_id(int(p)) for p in self.positions]
+
+    @property
+    def kind(self) -> str:
+        """``"folder"``, ``"list"``, ``"tar"``, ``"hf"``, ``"demo"`` or ``"stimuli"``."""
+        return self.catalog.kind
+
+    @property
+    def is_demo(self) -> bool:
+        return self.catalog.kind == "demo"
+
+    @property
+    def native_resolution(self) -> bool:
+        return self.catalog.native_resolution
+
+    @property
+    def description(self) -> str:
+        """Human description, e.g. "folder /data/val: 50000 images in 1000 class
+        folders; 1000 selected (seed 0); shard 2/4: 250 images"."""
+        parts = [self.catalog.describe(), *self._selection]
+        return "; ".join(parts)
+
+    def metadata(self, index: int) -> dict[str, Any]:
+        """Metadata dict of the ``index``-th selected sample."""
+        return self.catalog.sample_meta(int(self.positions[index]))
+
+    def load(self, index: int) -> Image.Image | np.ndarray:
+        """Decode the ``index``-th selected sample (see :meth:`Catalog.load`)."""
+        return self.catalog.load(int(self.positions[index]))
+
+    def where(self, index: int) -> str:
+        return self.catalog.where(int(self.positions[index]))
+
+    def at_resolution(self, input_size: tuple[int, int], patch_size: int | None) -> ImageSource:
+        """For generated stimuli: the same selection rendered at the model's input size
+        and patch size (see ``vitprobe.data.stimulus_source``); other sources are
+        returned unchanged (the loader resizes them)."""
+        rebind = getattr(self.catalog, "with_geometry", None)
+        if rebind is None:
+            return self
+        catalog = rebind(tuple(input_size), patch_size)
+        if catalog is self.catalog:
+            return self
+        return type(self)(catalog, self.positions, self._selection)
+
+    # -- selection -----------------------------------------------------------------
+    @property
+    def selection(self) -> tuple[str, ...]:
+        """The selection steps applied to the catalogue, as human notes."""
+        return self._selection
+
+    def take(self, indices: Iterable[int] | np.ndarray, note: str = "") -> ImageSource:
+        """The samples at ``indices`` (into this source, in the given order)."""
+        index = np.asarray(
+            list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64
+        )
+        chosen = self.positions[index]
+        return self._derive(chosen, note or f"{len(chosen)} taken")
+
+    def _derive(self, positions: np.ndarray, note: str) -> ImageSource:
+        return type(self)(self.catalog, positions, (*self._selection, note))
+
+    def subset(self, n_images: int | None, seed: int = 0) -> ImageSource:
+        """``n_images`` samples picked with ``numpy.random.default_rng(seed)``,
+        returned in canonical order; ``None`` keeps all.
+
+        Raises:
+            ImageSourceError: ``n_images`` is not positive or exceeds ``len(self)``.
+        """
+        if n_images is None:
+            return self
+        n_images = int(n_images)
+        if n_images <= 0:
+            raise ImageSourceError(f"n_images must be positive, got {n_images}")
+        if n_images > len(self):
+            raise ImageSourceError(
+                f"asked for {n_images} images, but only {len(self)} are available "
+                f"({self.description})"
+            )
+        order = np.random.default_rng(seed).permutation(len(self))[:n_images]
+        chosen = self.positions[np.sort(order)]
+        return self._derive(chosen, f"{n_images} of {len(self)} selected (seed {seed})")
+
+    def shard(self, rank: int, world_size: int) -> ImageSource:
+        """Every ``world_size``-th sample starting at ``rank``: shards are disjoint,
+        their union is this source, sizes differ by at most one."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ImageSourceError(f"invalid shard {rank} of {world_size}")
+        chosen = self.positions[rank::world_size]
+        return self._derive(chosen, f"shard {rank + 1}/{world_size}: {len(chosen)} images")
+
+    def exclude(self, ids: Iterable[str]) -> ImageSource:
+        """Drop samples whose id is in ``ids`` (already processed, when resuming)."""
+        drop = set(ids)
+        if not drop:
+            return self
+        keep = np.array(
+            [self.catalog.sample_id(int(p)) not in drop for p in self.positions], dtype=bool
+        )
+        removed = int((~keep).sum())
+        return self._derive(self.positions[keep], f"{removed} already done, {int(keep.sum())} left")
+
+
+def open_images(
+    spec: str | os.PathLike,
+    *,
+    n_images: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> ImageSource:
+    """Open an image source from a spec string and select ``n_images`` of it.
+
+    Spec forms (see ``vitprobe.data.SPEC_HELP`` for every option):
+
+    * ``path/to/folder`` - images, flat or in class subfolders (recursive);
+    * ``list.txt`` - one path per line (relative to the list's folder), optional
+      ``<TAB>label``; ``#`` comments;
+    * ``shard.tar``, a folder of ``.tar`` shards, or ``shards-{000..009}.tar`` /
+      ``shards-*.tar`` - WebDataset-style tar shards;
+    * ``hf:<name>[:<split>]`` - a Hugging Face dataset: a local ``save_to_disk``
+      folder, a local image folder, or a hub name (``?streaming=1`` for big ones);
+    * ``demo`` - natural photos shipped in scikit-image/scikit-learn, random crops;
+    * ``stimuli:gratings``, ``stimuli:noise``, ``stimuli:pink``, ``stimuli:odd-one-out``.
+
+    Options come after ``?`` as ``key=value&key=value``, or as keyword arguments
+    (which win).
+
+    Args:
+        spec: the spec string or a path.
+        n_images: how many samples to select (``None``: all).
+        seed: seed of the selection (``numpy.random.default_rng``).
+
+    Raises:
+        ImageSourceError: the source is missing, empty or malformed, or an option is
+            unknown. Raised here, before any model work.
+    """
+    from vitprobe.data.spec import Options, parse_spec
+
+    parsed = parse_spec(os.fspath(spec), options)
+    opts = Options(parsed.text, parsed.options)
+    if parsed.scheme == "hf":
+        from vitprobe.data.hf import open_hf
+
+        return open_hf(parsed.target, opts, n_images=n_images, seed=seed)
+    if parsed.scheme == "demo":
+        from vitprobe.data.demo import DemoCatalog
+
+        catalog: Catalog = DemoCatalog.from_options(opts)
+    elif parsed.scheme == "stimuli":
+        from vitprobe.data.stimulus_source import StimulusCatalog
+
+        catalog = StimulusCatalog.from_options(parsed.target, opts)
+    else:
+        catalog = _open_path(parsed.target, opts)
+    opts.finish(_PATH_OPTIONS.get(catalog.kind, ()))
+    if len(catalog) == 0:
+        raise ImageSourceError(f"{parsed.text}: no images")
+    return ImageSource(catalog).subset(n_images, seed)
+
+
+# options of the path-based sources (demo and stimuli check their own)
+_PATH_OPTIONS = {
+    "folder": ("max_pixels",),
+    "list": ("max_pixels", "root"),
+    "tar": ("max_pixels", "image_key"),
+}
+
+
+def _open_path(target: str, opts: Any) -> Catalog:
+    from vitprobe.data.folder import FolderCatalog, ListCatalog, is_list_file
+    from vitprobe.data.tar import TarCatalog, is_shard_pattern
+
+    # reject unknown options before listing a large folder; each catalogue then takes
+    # its own, and open_images' final check catches options of another path kind
+    opts.check_known({name for names in _PATH_OPTIONS.values() for name in names})
+    path = os.path.expanduser(target)
+    if is_shard_pattern(path):
+        return TarCatalog.from_pattern(path, opts)
+    if not os.path.exists(path):
+        raise ImageSourceError(f"image source not found: {path}")
+    if os.path.isdir(path):
+        folder = FolderCatalog.from_options(path, opts)
+        if len(folder) == 0 and TarCatalog.dir_has_shards(path):
+            return TarCatalog.from_pattern(path, opts)
+        if len(folder) == 0:
+            raise ImageSourceError(f"no images found in {path} ({folder.describe_empty()})")
+        return folder
+    if path.lower().endswith(".tar"):
+        return TarCatalog.from_pattern(path, opts)
+    if is_list_file(path):
+        return ListCatalog.from_options(path, opts)
+    raise ImageSourceError(
+        f"{path}: not a folder, .txt/.lst list or .tar shard; for one image put it in a folder"
+    )
