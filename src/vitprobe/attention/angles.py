@@ -1,0 +1,355 @@
+"""``AngleAccumulator``: attention against the angle between token embeddings, streamed.
+
+The image half of "Similarity or dissimilarity?" (Philip, Pan & Schwartz, poster; Pan et
+al. 2024, arXiv 2405.14880): per layer and head, do queries give their attention A_ij to
+keys whose embedding makes a small angle with their own (similar patches) or one above
+90 degrees (dissimilar patches)? Over all images, for every ordered pair (i, j), i != j,
+of patch tokens (prefix tokens on request) the accumulator keeps
+
+* the distribution of angles over pairs (the *baseline*, per layer: heads share the
+  embeddings), as counts in equal bins over [0, 180] degrees;
+* the attention mass per angle bin, per head (so mean attention per bin = mass / count);
+* exact sums for the means: sum theta, sum theta^2 over pairs; sum A theta per head;
+* sums for the Pearson correlation between the logits s_ij = q_i k_j^T / sqrt(d_head)
+  (as ``attn.scores``) and cos theta_ij, pooled over pairs, and *within query* (logits
+  centred per query row, the part of the logits the softmax sees).
+
+Each quantity exists for the ``raw`` embeddings and, because token embeddings are
+anisotropic, for ``centered`` ones (the dataset mean token of the layer subtracted; it
+is learned in a calibration pass and frozen by :meth:`end_calibration`).
+
+State is fixed-size (float64 sums, int64 counts): memory is constant in the number of
+images, and shards merge exactly by addition (they must share the calibrated mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Self
+
+import numpy as np
+import torch
+
+from vitprobe.attention.geometry import Scratch, attention_from_qk, layer_sums, pair_geometry
+from vitprobe.errors import ResultsError, VitprobeError
+from vitprobe.record.accumulator import Accumulator
+from vitprobe.record.sites import site_name
+
+__all__ = ["EMBEDDINGS", "VARIANTS", "AngleAccumulator"]
+
+EMBEDDINGS = ("ln1", "resid_pre")
+VARIANTS = ("raw", "centered")
+_PRECISION = {"float32": torch.float32, "float64": torch.float64}
+
+# state entries: name -> (shape key, dtype); shape keys are expanded in _shapes()
+_STATE: dict[str, tuple[str, Any]] = {
+    "count": ("LVK", torch.int64),
+    "sum_theta": ("LV", torch.float64),
+    "sum_theta2": ("LV", torch.float64),
+    "sum_cos": ("LV", torch.float64),
+    "sum_cos2": ("LV", torch.float64),
+    "sum_rowcos2": ("LV", torch.float64),
+    "attn_hist": ("LVHK", torch.float64),
+    "sum_attn_theta": ("LVH", torch.float64),
+    "sum_logit": ("LH", torch.float64),
+    "sum_logit2": ("LH", torch.float64),
+    "sum_dev2": ("LH", torch.float64),
+    "sum_logit_cos": ("LVH", torch.float64),
+    "sum_dev_cos": ("LVH", torch.float64),
+}
+
+
+class AngleAccumulator(Accumulator):
+    """Streaming angle/attention statistics of every followed layer and head.
+
+    Parameters
+    ----------
+    n_layers, n_heads, n_prefix, n_tokens, d_model
+        The model's geometry (:meth:`from_model` reads them from a ``ProbedViT``);
+        ``n_tokens`` counts prefix and patch tokens.
+    bins
+        Equal angle bins over [0, 180] degrees; must be even so that 90 degrees is a bin
+        edge (the share above 90 degrees is then exact). Default 90 (2-degree bins).
+    embedding
+        ``"ln1"`` (default): tokens as attention sees them, after the pre-attention
+        LayerNorm; ``"resid_pre"``: the raw residual stream entering the block.
+    include_prefix
+        Also pair the prefix tokens (class, distillation, registers) with everything.
+        Default False: patch tokens only.
+    variants
+        ``("raw", "centered")`` (default) or one of them. ``centered`` needs a
+        calibration pass (the mean token over the selected tokens of the calibration
+        images, per layer, float64).
+    layers
+        0-based layers to follow; default all.
+    precision
+        ``"float32"`` (default) for the per-batch matmuls and elementwise work, or
+        ``"float64"`` (slow; for checks: logits and softmax are then formed in float64
+        too). Sums across batches are float64 either way.
+    attn_scale
+        The logit scale (``d_head ** -0.5``), to compute logits and attention from the
+        recorded queries and keys; :meth:`from_model` fills it in.
+    device
+        Where state and work live; default the device of the first batch.
+
+    Sites read (:attr:`sites`): ``blocks.{l}.{embedding}``, ``blocks.{l}.attn.q`` and
+    ``blocks.{l}.attn.k`` of every followed layer. The logits and the softmax are formed
+    here, in buffers reused across layers and batches, with the recorder's operations
+    (identical values up to one rounding of the scale, none when it is a power of two).
+    A batch that also carries ``attn.scores`` and ``attn.pattern`` is read from those.
+
+    Memory: the state is ``L V H K`` float64 plus ``L d`` for the mean token (kilobytes);
+    the per-batch scratch is reused and holds about ``2 B H T^2`` floats (logits,
+    attention) plus ``4 V B T^2`` (cosines, angles, bins): ~100 MB for DINOv2-S/14 at
+    batch 16.
+    """
+
+    name = "angles"
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        n_prefix: int,
+        n_tokens: int,
+        d_model: int,
+        *,
+        bins: int = 90,
+        embedding: str = "ln1",
+        include_prefix: bool = False,
+        variants: Sequence[str] = VARIANTS,
+        layers: Iterable[int] | None = None,
+        precision: str = "float32",
+        attn_scale: float | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if embedding not in EMBEDDINGS:
+            raise VitprobeError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        variants = tuple(variants)
+        if not variants or len(set(variants)) != len(variants) or set(variants) - set(VARIANTS):
+            raise VitprobeError(f"variants must be a non-empty subset of {VARIANTS}")
+        if bins < 2 or bins % 2:
+            raise VitprobeError(f"bins must be even and >= 2 (90 degrees is an edge), got {bins}")
+        if precision not in _PRECISION:
+            raise VitprobeError(f"precision must be one of {sorted(_PRECISION)}")
+        self.n_layers, self.n_heads, self.d_model = int(n_layers), int(n_heads), int(d_model)
+        self.n_prefix, self.n_tokens = int(n_prefix), int(n_tokens)
+        self.bins, self.embedding, self.include_prefix = int(bins), embedding, bool(include_prefix)
+        self.variants = tuple(v for v in VARIANTS if v in variants)  # canonical order
+        self.layers = tuple(range(self.n_layers)) if layers is None else tuple(sorted(set(layers)))
+        if not self.layers or min(self.layers) < 0 or max(self.layers) >= self.n_layers:
+            raise VitprobeError(f"layers must lie in 0..{self.n_layers - 1}")
+        self.precision = precision
+        self.attn_scale = None if attn_scale is None else float(attn_scale)
+        self.start = 0 if self.include_prefix else self.n_prefix
+        if self.n_tokens - self.start < 2:
+            raise VitprobeError("the pair set needs at least two tokens")
+        self.needs_calibration = "centered" in self.variants
+        self.sites = tuple(
+            site_name(layer, kind)
+            for layer in self.layers
+            for kind in (embedding, "attn.q", "attn.k")
+        )
+        #: the sites the calibration pass reads (the embeddings only)
+        self.calibration_sites = tuple(site_name(layer, embedding) for layer in self.layers)
+        self.device = torch.device(device) if device is not None else None
+        self._scratch = Scratch()
+        self._reset(self.device or torch.device("cpu"))
+
+    @classmethod
+    def from_model(cls, model: Any, **kwargs: Any) -> AngleAccumulator:
+        """An accumulator shaped for ``model`` (a ``ProbedViT``); kwargs as the constructor."""
+        kwargs.setdefault("attn_scale", model.arch.attn_scale)
+        return cls(model.n_layers, model.n_heads, model.n_prefix, model.n_tokens, model.d_model,
+                   **kwargs)
+
+    # -- state ----------------------------------------------------------------------------
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        sizes = {"L": len(self.layers), "V": len(self.variants), "H": self.n_heads,
+                 "K": self.bins}
+        return {k: tuple(sizes[c] for c in key) for k, (key, _) in _STATE.items()}
+
+    def _reset(self, device: torch.device) -> None:
+        shapes = self._shapes()
+        self.n_images = 0
+        self._state = {k: torch.zeros(shapes[k], dtype=dt, device=device)
+                       for k, (_, dt) in _STATE.items()}
+        self._calib_sum = torch.zeros(len(self.layers), self.d_model, dtype=torch.float64,
+                                      device=device)
+        self._calib_tokens = 0
+        self.mean_token: torch.Tensor | None = None  # (L, d) float64 once calibrated
+
+    def _to(self, device: torch.device) -> None:
+        if self.device == device and self._state["count"].device == device:
+            return
+        self.device = device
+        self._state = {k: v.to(device) for k, v in self._state.items()}
+        self._calib_sum = self._calib_sum.to(device)
+        if self.mean_token is not None:
+            self.mean_token = self.mean_token.to(device)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.mean_token is not None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return _PRECISION[self.precision]
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "n_layers": self.n_layers, "n_heads": self.n_heads, "n_prefix": self.n_prefix,
+            "n_tokens": self.n_tokens, "d_model": self.d_model, "bins": self.bins,
+            "embedding": self.embedding, "include_prefix": self.include_prefix,
+            "variants": list(self.variants), "layers": list(self.layers),
+            "precision": self.precision, "attn_scale": self.attn_scale,
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {k: v.cpu().numpy().copy() for k, v in self._state.items()}
+        out["n_images"] = np.asarray(self.n_images, dtype=np.int64)
+        out["calib_sum"] = self._calib_sum.cpu().numpy().copy()
+        out["calib_tokens"] = np.asarray(self._calib_tokens, dtype=np.int64)
+        if self.mean_token is not None:
+            out["mean_token"] = self.mean_token.cpu().numpy().copy()
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        shapes = self._shapes()
+        device = self.device or torch.device("cpu")
+        for k, (_, dt) in _STATE.items():
+            arr = np.asarray(state[k])
+            if arr.shape != shapes[k]:
+                raise ResultsError(f"angle state {k!r} has shape {arr.shape}, "
+                                   f"expected {shapes[k]} (different configuration?)")
+            self._state[k] = torch.as_tensor(arr, device=device).to(dt).clone()
+        self.n_images = int(state["n_images"])
+        self._calib_sum = torch.as_tensor(np.asarray(state["calib_sum"], dtype=np.float64),
+                                          device=device).clone()
+        self._calib_tokens = int(state["calib_tokens"])
+        self.mean_token = (torch.as_tensor(np.asarray(state["mean_token"], dtype=np.float64),
+                                           device=device).clone()
+                           if "mean_token" in state else None)
+        self.device = device
+
+    def merge(self, other: Self) -> Self:
+        """Add ``other`` (same configuration, same frozen mean token, disjoint images)."""
+        if type(other) is not type(self) or other.config() != self.config():
+            raise ResultsError("cannot merge angle accumulators with different configurations")
+        if self.needs_calibration:
+            if self.mean_token is None or other.mean_token is None or not torch.equal(
+                self.mean_token.cpu(), other.mean_token.cpu()
+            ):
+                raise ResultsError("cannot merge centred angle statistics computed with "
+                                   "different (or missing) mean tokens: calibrate once and "
+                                   "share the state (load_state_dict) before streaming")
+        for k, v in self._state.items():
+            v.add_(other._state[k].to(v.device))
+        self.n_images += other.n_images
+        return self
+
+    # -- calibration ----------------------------------------------------------------------
+    def calibrate(self, cache: Mapping[str, Any]) -> None:
+        """Add one batch to the mean token of every followed layer (selected tokens)."""
+        if self.calibrated:
+            raise RuntimeError("already calibrated")
+        n = 0
+        for li, layer in enumerate(self.layers):
+            e = self._embeddings(cache, layer)
+            self._to(self.device or e.device)
+            sel = e[:, self.start:].to(device=self.device, dtype=torch.float64)
+            self._calib_sum[li] += sel.sum(dim=(0, 1))
+            n = sel.shape[0] * sel.shape[1]
+        self._calib_tokens += n
+
+    def end_calibration(self) -> None:
+        """Freeze the mean token (float64) learned by :meth:`calibrate`."""
+        if self._calib_tokens == 0:
+            raise ValueError("calibration saw no images")
+        self.set_mean_token(self._calib_sum / self._calib_tokens)
+
+    def set_mean_token(self, mean_token: torch.Tensor | np.ndarray) -> None:
+        """Install a (n_followed_layers, d_model) mean token directly (e.g. from a shard)."""
+        t = (mean_token.detach().to(torch.float64) if isinstance(mean_token, torch.Tensor)
+             else torch.as_tensor(np.asarray(mean_token, dtype=np.float64)))
+        if t.shape != (len(self.layers), self.d_model):
+            raise ValueError(f"mean token must be {(len(self.layers), self.d_model)}, "
+                             f"got {tuple(t.shape)}")
+        self.mean_token = t.to(self.device or torch.device("cpu"))
+
+    # -- streaming ------------------------------------------------------------------------
+    def _embeddings(self, cache: Mapping[str, Any], layer: int) -> torch.Tensor:
+        name = site_name(layer, self.embedding)
+        if name not in cache:
+            raise KeyError(f"recorded batch has no site {name!r}; record {self.sites[:3]}...")
+        e = cache[name]
+        if e.ndim != 3 or e.shape[1] != self.n_tokens or e.shape[2] != self.d_model:
+            raise VitprobeError(f"{name}: expected (batch, {self.n_tokens}, {self.d_model}), "
+                                f"got {tuple(e.shape)} (input size differs from the model's?)")
+        return e
+
+    def _attention(self, cache: Mapping[str, Any], layer: int, n_batch: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(scores, pattern, scores_writable) of one layer, recorded or formed from q, k."""
+        shape = (n_batch, self.n_heads, self.n_tokens, self.n_tokens)
+        scores, pattern = (cache.get(site_name(layer, k)) for k in ("attn.scores",
+                                                                     "attn.pattern"))
+        if scores is not None and pattern is not None:
+            if tuple(scores.shape) != shape or tuple(pattern.shape) != shape:
+                raise VitprobeError(f"layer {layer}: attention of shape "
+                                    f"{tuple(scores.shape)}, expected {shape}")
+            dt = self.compute_dtype
+            return scores.to(device), pattern.to(device=device, dtype=dt), False
+        q, k = (cache.get(site_name(layer, kind)) for kind in ("attn.q", "attn.k"))
+        if q is None or k is None:
+            raise KeyError(f"recorded batch has neither attn.q/attn.k nor attn.scores/"
+                           f"attn.pattern of layer {layer}; record {list(self.sites[:3])}")
+        if self.attn_scale is None:
+            raise VitprobeError("attn_scale is needed to form attention from q and k "
+                                "(use AngleAccumulator.from_model)")
+        if tuple(q.shape[:3]) != shape[:3] or tuple(k.shape[:3]) != shape[:3]:
+            raise VitprobeError(f"layer {layer}: queries of shape {tuple(q.shape)}, "
+                                f"expected {shape[:3]} + (d_head,)")
+        s, a = attention_from_qk(q.to(device), k.to(device), self.attn_scale,
+                                 self.compute_dtype, self._scratch)
+        return s, a, True
+
+    @torch.no_grad()
+    def update(self, cache: Mapping[str, Any]) -> None:
+        """Add one recorded batch (every followed layer)."""
+        if self.needs_calibration and not self.calibrated:
+            raise RuntimeError("the centred variant needs calibrate() and end_calibration() "
+                               "(or set_mean_token / load_state_dict) before update()")
+        dtype = self.compute_dtype
+        n_batch = 0
+        for li, layer in enumerate(self.layers):
+            e = self._embeddings(cache, layer)
+            n_batch = e.shape[0]
+            if n_batch == 0:
+                return
+            self._to(self.device or e.device)
+            dev = self.device
+            scores, pattern, writable = self._attention(cache, layer, n_batch, dev)
+            mu = self.mean_token[li] if self.mean_token is not None else None
+            geometry = pair_geometry(e.to(device=dev, dtype=dtype), self.start, self.bins,
+                                     self.variants, mean_token=mu, scratch=self._scratch)
+            sums = layer_sums(geometry, scores, pattern, self.start, self.bins,
+                              scores_writable=writable, scratch=self._scratch)
+            for k, v in self._state.items():
+                v[li] += getattr(sums, k)
+        self.n_images += n_batch
+
+    # -- results --------------------------------------------------------------------------
+    def sums(self) -> dict[str, np.ndarray]:
+        """The raw state as numpy arrays (float64 sums, int64 counts)."""
+        return {k: v.cpu().numpy() for k, v in self._state.items()}
+
+    def result(self):  # -> xr.Dataset
+        """Histograms and summaries as an :class:`xarray.Dataset` (see
+        :func:`vitprobe.attention.result.angles_dataset`)."""
+        from vitprobe.attention.result import angles_dataset
+
+        if self.n_images == 0:
+            raise ValueError("no images accumulated")
+        mean = None if self.mean_token is None else self.mean_token.cpu().numpy()
+        return angles_dataset(self.sums(), self.config(), self.n_images, mean_token=mean)
