@@ -1,0 +1,333 @@
+"""Per-neuron activation histograms for distribution plots.
+
+Each neuron's activations are standardised with a mean and standard deviation fixed
+during calibration (the first batches, typically the same ~1k images that fix the
+MI bin edges), ``z = (x - mu) / sigma``, and counted in ``n_bins`` equal bins over
+``[-z_range, z_range]`` plus an underflow and an overflow bin. Standardising per
+neuron makes histograms of different neurons comparable and poolable, so the
+accumulator keeps, per (layer, sublayer, channel):
+
+* ``histogram``: all patch positions pooled (the channel's shape of distribution),
+* ``histogram_centre``: the central neuron alone (the neuron of the MI study),
+* optionally (``per_position=True``) every neuron separately.
+
+Activation units are recovered as ``x = mu + sigma z`` (``calibration_mean``,
+``calibration_std`` are in the result). Counts are exact integers, so shards merge
+exactly; memory is ``(n_bins + 2)`` int64 per channel and sublayer (per neuron with
+``per_position``), independent of the number of images. Heavy tails show as mass in
+the outer bins and as excess kurtosis (:class:`~vitprobe.stats.NeuronMoments`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Self
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vitprobe.record.accumulator import Accumulator
+from vitprobe.stats._common import (
+    LAYER_ATTRS,
+    SUBLAYER_ATTRS,
+    as_float32_numpy,
+    check_same_config,
+    group_axes,
+    groups_attr,
+    layout_attrs,
+    patch_activations,
+    position_coords,
+    resolve_threads,
+    run_parallel,
+)
+from vitprobe.stats.layout import Group, NeuronLayout
+from vitprobe.stats.moments import batch_moments, combine_moments
+
+__all__ = ["NeuronHistograms"]
+
+
+class NeuronHistograms(Accumulator):
+    """Standardised activation histograms per channel (pooled and central neuron).
+
+    Parameters
+    ----------
+    layout : NeuronLayout
+    groups : (layer, sublayer) pairs, default all
+    n_bins : int
+        Equal bins over ``[-z_range, z_range]`` standard deviations (plus two open
+        outer bins).
+    z_range : float
+        Half-width of the binned range, in calibration standard deviations.
+    per_position : bool
+        Also keep one histogram per neuron (positions x channels x (n_bins + 2)).
+    threads : int, optional
+        CPU worker threads over the groups of a batch (default
+        ``torch.get_num_threads()``).
+    device : torch device, optional
+    """
+
+    name = "neuron_histograms"
+    needs_calibration = True
+
+    def __init__(self, layout: NeuronLayout, *, groups: Iterable[Group] | None = None,
+                 n_bins: int = 96, z_range: float = 12.0, per_position: bool = False,
+                 threads: int | None = None, device: str | torch.device | None = None) -> None:
+        self.layout = layout
+        self.threads = threads
+        self.groups = layout.check_groups(groups)
+        self.sites = tuple(f"blocks.{layer}.{s}.out" for layer, s in self.groups)
+        self.n_bins = int(n_bins)
+        self.z_range = float(z_range)
+        self.per_position = bool(per_position)
+        self.device = None if device is None else torch.device(device)
+        self.n = 0
+        self._calib: list[Any] | None = None  # per group moments during calibration
+        self._calib_n = 0
+        self.mu: torch.Tensor | None = None  # (G, P, C) float32
+        self.inv_sigma: torch.Tensor | None = None
+        self.hist: torch.Tensor | None = None  # (G, C, nb + 2) int64
+        self.hist_centre: torch.Tensor | None = None
+        self.hist_neuron: torch.Tensor | None = None  # (G, P, C, nb + 2)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.mu is not None
+
+    # -- calibration ----------------------------------------------------------------------
+    def calibrate(self, cache: Mapping[str, Any]) -> None:
+        if self.calibrated:
+            raise RuntimeError("already calibrated")
+        if self._calib is None:
+            self._calib = [None] * len(self.groups)
+        nb = 0
+        for gi, group in enumerate(self.groups):
+            x = patch_activations(cache, self.layout, group)
+            dev = self.device or x.device
+            self.device = dev
+            x = x.to(device=dev, dtype=torch.float64)
+            nb = x.shape[0]
+            cur = self._calib[gi]
+            bm = batch_moments(x)
+            self._calib[gi] = bm if cur is None else combine_moments(cur, bm)
+        self._calib_n += nb
+
+    def end_calibration(self) -> None:
+        if self._calib is None or self._calib_n < 2:
+            raise ValueError("calibration needs at least 2 images")
+        mus, invs = [], []
+        for n, mean, m2, _, _ in self._calib:
+            sd = torch.sqrt(m2 / (n - 1))
+            mus.append(mean.float())
+            invs.append(torch.where(sd > 0, 1.0 / sd, torch.zeros_like(sd)).float())
+        self.set_calibration(torch.stack(mus), torch.stack(invs))
+        self._calib = None
+
+    def set_calibration(self, mu: torch.Tensor, inv_sigma: torch.Tensor) -> None:
+        """Install frozen standardisation (G, P, C) and allocate the counts."""
+        dev = self.device or mu.device
+        self.device = dev
+        self._np_cache = None
+        self.mu = mu.to(dev, torch.float32).contiguous()
+        self.inv_sigma = inv_sigma.to(dev, torch.float32).contiguous()
+        g, p, c, k = len(self.groups), self.layout.n_positions, self.layout.d_model, self.n_bins + 2
+        self.hist = torch.zeros((g, c, k), dtype=torch.int64, device=dev)
+        self.hist_centre = torch.zeros((g, c, k), dtype=torch.int64, device=dev)
+        if self.per_position:
+            self.hist_neuron = torch.zeros((g, p, c, k), dtype=torch.int64, device=dev)
+
+    # -- streaming ------------------------------------------------------------------------
+    def _bins(self, x: torch.Tensor, gi: int) -> torch.Tensor:
+        """(b, P, C) -> int64 bin ids in [0, n_bins + 1]."""
+        assert self.mu is not None and self.inv_sigma is not None
+        z = (x.float() - self.mu[gi]) * self.inv_sigma[gi]
+        z.mul_(self.n_bins / (2 * self.z_range)).add_(self.n_bins / 2)
+        z.clamp_(-1.0, float(self.n_bins)).floor_()
+        return z.to(torch.int64).add_(1)
+
+    def update(self, cache: Mapping[str, Any]) -> None:
+        if not self.calibrated:
+            raise RuntimeError("NeuronHistograms needs calibrate() / end_calibration() first")
+        assert self.hist is not None and self.hist_centre is not None
+        k = self.n_bins + 2
+        c = self.layout.d_model
+        cp = self.layout.centre_position
+        off = torch.arange(c, device=self.device) * k
+        xs = [patch_activations(cache, self.layout, g).to(self.device) for g in self.groups]
+        nb = xs[0].shape[0] if xs else 0
+        if self.device.type == "cpu" and self.hist_neuron is None:
+            self._numpy_tables()
+            run_parallel(lambda gi: self._update_numpy(gi, xs[gi]), len(xs),
+                         resolve_threads(self.threads))
+            self.n += nb
+            return
+        for gi, x in enumerate(xs):
+            bins = self._bins(x, gi)  # (b, P, C)
+            flat = (bins + off).reshape(-1)
+            self.hist[gi] += torch.bincount(flat, minlength=c * k).reshape(c, k)
+            self.hist_centre[gi] += torch.bincount((bins[:, cp] + off).reshape(-1),
+                                                   minlength=c * k).reshape(c, k)
+            if self.hist_neuron is not None:
+                pc = torch.arange(self.layout.n_positions * c, device=self.device).view(
+                    self.layout.n_positions, c) * k
+                self.hist_neuron[gi].view(-1).index_add_(
+                    0, (bins + pc).reshape(-1),
+                    torch.ones(bins.numel(), dtype=torch.int64, device=self.device))
+        self.n += nb
+
+    def _numpy_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-neuron scale ``a``, offset ``c0`` (G, P*C) and channel offsets (P*C,)."""
+        if getattr(self, "_np_cache", None) is None:
+            assert self.mu is not None and self.inv_sigma is not None
+            k = self.n_bins + 2
+            p, c = self.layout.n_positions, self.layout.d_model
+            scale = self.n_bins / (2 * self.z_range)
+            a = (self.inv_sigma * scale).cpu().numpy().reshape(len(self.groups), -1)
+            c0 = (self.n_bins / 2 + 1 - self.mu.cpu().numpy().reshape(len(self.groups), -1) * a)
+            off = np.tile(np.arange(c, dtype=np.intp) * k, p)
+            self._np_cache = (a.astype(np.float32), c0.astype(np.float32), off)
+        return self._np_cache
+
+    def _update_numpy(self, gi: int, x: torch.Tensor, chunk: int = 1 << 18) -> None:
+        """CPU path: z = x a + c0 (a = scale / sigma, c0 folds mu and the +1 offset of
+        the underflow bin), clipped to [0, n_bins + 1] so truncation is the floor,
+        then one bincount per chunk."""
+        assert self.hist is not None and self.hist_centre is not None
+        b, p, c = x.shape
+        k = self.n_bins + 2
+        a, c0, off = self._numpy_tables()
+        xn = as_float32_numpy(x).reshape(b, p * c)
+        h = self.hist[gi].numpy().reshape(-1)
+        cols = max(1, chunk // b)
+        z = np.empty((b, cols), dtype=np.float32)
+        ids = np.empty((b, cols), dtype=np.intp)  # bincount's own index type: no cast
+        for s in range(0, p * c, cols):
+            w = min(cols, p * c - s)
+            zs, js = z[:, :w], ids[:, :w]
+            np.multiply(xn[:, s : s + w], a[gi, s : s + w], out=zs)
+            zs += c0[gi, s : s + w]
+            np.clip(zs, 0.0, float(k - 1), out=zs)
+            js[...] = zs
+            js += off[s : s + w]
+            h += np.bincount(js.reshape(-1), minlength=c * k)
+        cp = self.layout.centre_position
+        zc = xn[:, cp * c : (cp + 1) * c] * a[gi, cp * c : (cp + 1) * c] \
+            + c0[gi, cp * c : (cp + 1) * c]
+        jc = np.clip(zc, 0.0, float(k - 1)).astype(np.intp) + off[:c]
+        self.hist_centre[gi].numpy().reshape(-1)[...] += np.bincount(jc.reshape(-1),
+                                                                     minlength=c * k)
+
+    # -- state ----------------------------------------------------------------------------
+    def merge(self, other: Self) -> Self:
+        check_same_config(self, other)
+        if other.n == 0:
+            return self
+        if not (self.calibrated and other.calibrated):
+            raise ValueError("merge calibrated accumulators only")
+        assert self.mu is not None and other.mu is not None and other.inv_sigma is not None
+        if not (torch.equal(self.mu, other.mu.to(self.device))
+                and torch.equal(self.inv_sigma, other.inv_sigma.to(self.device))):
+            raise ValueError("shards were calibrated differently: share the calibration "
+                             "(load_state_dict of one calibrated accumulator) before streaming")
+        self.hist += other.hist.to(self.device)
+        self.hist_centre += other.hist_centre.to(self.device)
+        if self.hist_neuron is not None:
+            self.hist_neuron += other.hist_neuron.to(self.device)
+        self.n += other.n
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"n": np.asarray(self.n, dtype=np.int64)}
+        if self.calibrated:
+            assert self.mu is not None and self.inv_sigma is not None
+            out["mu"] = self.mu.cpu().numpy().copy()
+            out["inv_sigma"] = self.inv_sigma.cpu().numpy().copy()
+            out["hist"] = self.hist.cpu().numpy().astype(np.int64)
+            out["hist_centre"] = self.hist_centre.cpu().numpy().astype(np.int64)
+            if self.hist_neuron is not None:
+                out["hist_neuron"] = self.hist_neuron.cpu().numpy().astype(np.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.n = int(state["n"])
+        if "mu" not in state:
+            self.mu = self.inv_sigma = None
+            return
+        dev = self.device or torch.device("cpu")
+        self.device = dev
+        self.set_calibration(torch.as_tensor(state["mu"]), torch.as_tensor(state["inv_sigma"]))
+        assert self.hist is not None and self.hist_centre is not None
+        self.hist.copy_(torch.as_tensor(state["hist"]))
+        self.hist_centre.copy_(torch.as_tensor(state["hist_centre"]))
+        if self.hist_neuron is not None:
+            self.hist_neuron.copy_(torch.as_tensor(state["hist_neuron"]))
+
+    def config(self) -> dict[str, Any]:
+        return {"layout": self.layout.to_config(), "groups": [list(g) for g in self.groups],
+                "n_bins": self.n_bins, "z_range": self.z_range,
+                "per_position": self.per_position}
+
+    # -- results --------------------------------------------------------------------------
+    def result(self) -> xr.Dataset:
+        if not self.calibrated:
+            raise ValueError("not calibrated")
+        assert self.mu is not None and self.inv_sigma is not None
+        layers, subs = group_axes(self.groups)
+        c, p, k = self.layout.d_model, self.layout.n_positions, self.n_bins + 2
+        inner = np.linspace(-self.z_range, self.z_range, self.n_bins + 1)
+        lower = np.concatenate([[-np.inf], inner])
+        upper = np.concatenate([inner, [np.inf]])
+        centre = np.concatenate([[inner[0]], (inner[:-1] + inner[1:]) / 2, [inner[-1]]])
+
+        def place(arr: np.ndarray, tail: tuple[int, ...], dtype: Any, fill: Any) -> np.ndarray:
+            full = np.full((len(layers), len(subs), *tail), fill, dtype=dtype)
+            for gi, (layer, s) in enumerate(self.groups):
+                full[layers.index(layer), subs.index(s)] = arr[gi]
+            return full
+
+        hist = place(self.hist.cpu().numpy(), (c, k), np.int64, 0)
+        hc = place(self.hist_centre.cpu().numpy(), (c, k), np.int64, 0)
+        inv = self.inv_sigma.cpu().numpy().astype(np.float64)
+        with np.errstate(divide="ignore"):
+            sd = np.where(inv > 0, 1.0 / inv, 0.0)
+        mu = place(self.mu.cpu().numpy().transpose(0, 2, 1), (c, p), np.float32, np.nan)
+        sdf = place(sd.transpose(0, 2, 1), (c, p), np.float32, np.nan)
+        hattrs = {"units": "count", "description": "standardised activations "
+                  "z = (x - calibration_mean) / calibration_std; bin 0 and the last bin are "
+                  "the open underflow / overflow bins"}
+        data_vars: dict[str, Any] = {
+            "histogram": (("layer", "sublayer", "channel", "bin"), hist,
+                          {"long_name": "activation histogram, all positions pooled", **hattrs}),
+            "histogram_centre": (("layer", "sublayer", "channel", "bin"), hc,
+                                 {"long_name": "activation histogram of the central neuron",
+                                  **hattrs}),
+            "calibration_mean": (("layer", "sublayer", "channel", "position"), mu,
+                                 {"long_name": "calibration mean", "units": "activation"}),
+            "calibration_std": (("layer", "sublayer", "channel", "position"), sdf,
+                                {"long_name": "calibration standard deviation",
+                                 "units": "activation"}),
+        }
+        if self.hist_neuron is not None:
+            hn = place(self.hist_neuron.cpu().numpy().transpose(0, 2, 1, 3), (c, p, k),
+                       np.int64, 0)
+            data_vars["histogram_neuron"] = (("layer", "sublayer", "channel", "position", "bin"),
+                                             hn, {"long_name": "activation histogram per neuron",
+                                                  **hattrs})
+        coords = {"layer": ("layer", np.asarray(layers), LAYER_ATTRS),
+                  "sublayer": ("sublayer", np.asarray(subs), SUBLAYER_ATTRS),
+                  "channel": ("channel", np.arange(c), {"long_name": "channel"}),
+                  "bin": ("bin", np.arange(k), {"long_name": "histogram bin"}),
+                  "bin_lower": ("bin", lower, {"long_name": "bin lower edge",
+                                               "units": "standard deviations"}),
+                  "bin_upper": ("bin", upper, {"long_name": "bin upper edge",
+                                               "units": "standard deviations"}),
+                  "z": ("bin", centre, {"long_name": "bin centre (outer bins: their finite edge)",
+                                        "units": "standard deviations"}),
+                  **position_coords(self.layout)}
+        ds = xr.Dataset(data_vars, coords=coords)
+        ds.attrs.update(layout_attrs(self.layout))
+        ds.attrs.update({"statistic": "standardised activation histograms",
+                         "groups": groups_attr(self.groups),
+                         "n_images": int(self.n), "n_bins": self.n_bins,
+                         "z_range": self.z_range})
+        return ds

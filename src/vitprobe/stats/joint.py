@@ -1,0 +1,532 @@
+"""Joint counts of each central neuron against its channel at every patch position.
+
+For every (layer, sublayer, channel) the central neuron ``x`` (the channel at the
+centre patch, convention in :mod:`vitprobe.stats.layout`) is paired with the same
+channel ``y`` at every patch position, over images. Each activation is turned into
+an equal-frequency bin id once per image (edges fixed from a calibration reservoir,
+:mod:`vitprobe.stats.binning`) and the pair's ``B x B`` integer histogram is
+incremented; mutual information then comes from the counts with the Miller-Madow
+correction and bin-width extrapolation of :mod:`vitprobe.stats.mi`. Memory is constant
+in the number of images.
+
+Counts kept per (layer, sublayer) group
+---------------------------------------
+* ``counts``, canonically (halves, P, C, B_x, B_y) (:meth:`JointCounts.canonical`):
+  halves = 2 with ``split_half`` (even / odd image index in this accumulator's
+  stream), else 1. Their sum is the full-data histogram; the two halves give
+  split-half error bars. int16 on CPU while no half can exceed 32767 images (then
+  promoted to int32), int32 on accelerators. Stored as (halves, C, B_x, P, B_y): on CPU
+  every increment is a cache miss into gigabytes of counts, and in this order one
+  image's increments for a channel stream through one (P, B_y) row (about 2x faster
+  than neuron-major order).
+* ``null`` (P, C_null, B, B) int32: the shuffled pairing ``x`` from image ``i`` with
+  ``y`` from image ``i + 1`` of the same batch (the last image pairs with the first),
+  for an evenly spaced subset of ``null_channels`` channels. Its MI is the null level
+  (0 up to the estimator's bias and noise; Panzeri et al. 2007). Pairing within the
+  batch makes the counts a function of the batches alone, so any split of the batches
+  over processes, or over an interruption, gives the same counts.
+
+Split halves follow the images' global index when the cache carries one under
+:data:`IMAGE_INDEX` (the study runner puts each image's position in the seeded subset
+there), else their position in this accumulator's stream.
+* ``cross`` (halves, K, B, B): optional cross-channel pairs, a deterministic sample
+  (``seed``) of ``cross_pairs_per_distance`` triples (central channel ``a``, channel
+  ``b != a``, position) at every rounded distance 0, 1, 2, ...
+
+The calibration phase holds a reservoir of the first ``calibration_images`` images
+(float32, ``R x P x C`` per group) and is freed when the edges are fixed. Use
+:func:`vitprobe.stats.planning.plan_passes` to split the (layer, sublayer) groups into
+passes that fit a memory budget.
+
+Joint-count axes: ``bin_x`` is the central neuron's bin, ``bin_y`` the other neuron's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Self
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vitprobe.record.accumulator import Accumulator
+from vitprobe.stats._common import (
+    as_float32_numpy,
+    check_same_config,
+    patch_activations,
+    resolve_threads,
+    run_parallel,
+)
+from vitprobe.stats.binning import digitize, edge_ranks
+from vitprobe.stats.layout import Group, NeuronLayout
+
+__all__ = ["IMAGE_INDEX", "JointCounts", "cross_pair_sample", "null_channel_subset"]
+
+#: optional cache entry: (batch,) int64 global image indices, for split-half parity
+IMAGE_INDEX = "image_index"
+
+_INT16_MAX = 32767
+
+
+def null_channel_subset(n_channels: int, n: int | None) -> np.ndarray:
+    """Indices of ``n`` evenly spaced channels out of ``n_channels`` (all when ``n`` is
+    None or larger, none when 0)."""
+    if n is None or n >= n_channels:
+        return np.arange(n_channels)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n_channels - 1, n).round().astype(np.int64))
+
+
+def cross_pair_sample(layout: NeuronLayout, n_channels: int, per_distance: int,
+                      seed: int = 0) -> np.ndarray:
+    """Deterministic cross-channel pairs: (K, 3) rows (channel_x idx, channel_y idx, position).
+
+    For every rounded distance ``d`` present on the grid, ``per_distance`` triples with
+    a position at distance ``d`` and two different channel indices (into the
+    accumulator's channel list), drawn with ``numpy.random.default_rng(seed)``.
+    """
+    if per_distance <= 0 or n_channels < 2:
+        return np.zeros((0, 3), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    dbin = layout.distance_bin
+    rows = []
+    for d in np.unique(dbin):
+        pos = np.flatnonzero(dbin == d)
+        p = rng.choice(pos, size=per_distance, replace=True)
+        a = rng.integers(0, n_channels, size=per_distance)
+        b = (a + rng.integers(1, n_channels, size=per_distance)) % n_channels
+        rows.append(np.column_stack([a, b, p]))
+    return np.concatenate(rows).astype(np.int64)
+
+
+class JointCounts(Accumulator):
+    """Streaming joint histograms of central neurons vs. their channel at every position.
+
+    Parameters
+    ----------
+    layout : NeuronLayout
+    bins : int
+        Equal-frequency bins per neuron ``B`` (even; keep ``N / B^2 >= 12``, e.g.
+        :func:`~vitprobe.stats.binning.choose_bins` of the planned number of images).
+    groups : (layer, sublayer) pairs, default all
+    channels : channel indices to study, default all ``d_model``
+    calibration_images : int
+        Reservoir size (first images) that fixes each neuron's ``B - 1`` quantile
+        edges; images beyond it passed to :meth:`calibrate` are ignored.
+    split_half : bool
+        Keep even- and odd-image counts separately (doubles the count memory).
+    null_channels : int or None
+        Channels (evenly spaced) with shuffled-pair null counts; None = all, 0 = none.
+    cross_pairs_per_distance : int
+        Cross-channel pairs per rounded distance (0 = off).
+    seed : int
+        Seed of the cross-pair sample.
+    count_dtype : ``"auto"`` (int16 on CPU, promoted to int32 before a half could
+        exceed 32767 images; int32 on accelerators), ``"int16"`` or ``"int32"``.
+    threads : int, optional
+        CPU worker threads over the (layer, sublayer) groups of a batch; default
+        ``torch.get_num_threads()`` (the forward's own intra-op thread count).
+    device : torch device, optional
+        Where counts live (default: the first batch's device). On CUDA, binning is
+        ``torch.searchsorted`` and counting ``index_add_``; on CPU, numpy kernels.
+    """
+
+    name = "neuron_mi"
+    needs_calibration = True
+
+    def __init__(self, layout: NeuronLayout, bins: int = 32, *,
+                 groups: Iterable[Group] | None = None, channels: Sequence[int] | None = None,
+                 calibration_images: int = 1024, split_half: bool = True,
+                 null_channels: int | None = 32, cross_pairs_per_distance: int = 0,
+                 seed: int = 0, count_dtype: str = "auto", threads: int | None = None,
+                 device: str | torch.device | None = None) -> None:
+        if bins < 2 or bins % 2 or bins > 256:
+            raise ValueError(f"bins must be even and in [2, 256], got {bins}")
+        self.layout = layout
+        self.bins = int(bins)
+        self.groups = layout.check_groups(groups)
+        self.sites = tuple(f"blocks.{layer}.{s}.out" for layer, s in self.groups)
+        ch = np.arange(layout.d_model) if channels is None else np.asarray(channels, np.int64)
+        if ch.ndim != 1 or ch.size == 0 or ch.min() < 0 or ch.max() >= layout.d_model \
+                or np.unique(ch).size != ch.size:
+            raise ValueError("channels must be distinct indices below d_model")
+        self.channels = ch
+        self.calibration_images = int(calibration_images)
+        if self.calibration_images < self.bins:
+            raise ValueError("calibration_images must be at least bins")
+        self.split_half = bool(split_half)
+        self.null_channels = null_channels
+        #: indices into ``channels`` of the channels with null counts
+        self.null_idx = null_channel_subset(ch.size, null_channels)
+        self.cross_pairs_per_distance = int(cross_pairs_per_distance)
+        self.seed = int(seed)
+        self.cross = cross_pair_sample(layout, ch.size, self.cross_pairs_per_distance, self.seed)
+        self.device = None if device is None else torch.device(device)
+        self.threads = threads
+        self.n = 0
+        self.n_null = 0
+        self._reservoir: list[list[torch.Tensor]] = [[] for _ in self.groups]
+        self._res_n = 0
+        self.calibration_n = 0
+        self.edges: torch.Tensor | None = None  # (G, B-1, P, C) float32
+        if count_dtype not in ("auto", "int16", "int32"):
+            raise ValueError("count_dtype must be 'auto', 'int16' or 'int32'")
+        self.count_dtype = count_dtype
+        self.counts: list[torch.Tensor] = []  # (H, C, B_x, P, B_y) int16 / int32
+        self._scratch_bufs: dict[int, dict[str, np.ndarray]] = {}
+        self.null: list[torch.Tensor] = []  # (C_null, B_x, P, B_y) int32
+        self.cross_counts: list[torch.Tensor] = []  # (H, K, B_x, B_y) int32
+        self._ones: dict[torch.dtype, torch.Tensor] = {}
+        #: (G, P, C) float32 range of each neuron over the calibration reservoir
+        self.vmin: torch.Tensor | None = None
+        self.vmax: torch.Tensor | None = None
+        self._half = np.zeros(0, np.int64)  # split half of each image of the batch
+        self._chan_t: torch.Tensor | None = None
+
+    # -- geometry helpers -----------------------------------------------------------------
+    def canonical(self, gi: int) -> torch.Tensor:
+        """Group ``gi``'s counts as a (halves, P, C, B_x, B_y) view (no copy)."""
+        return self.counts[gi].permute(0, 3, 1, 2, 4)
+
+    def _scratch(self, gi: int, b: int, v: int, idt: type) -> dict[str, np.ndarray]:
+        """Per-group reusable CPU buffers (bin ids, flat indices): no large allocation,
+        and so no page faults, per batch. One group is handled by one thread at a time."""
+        buf = self._scratch_bufs.get(gi)
+        if buf is None or buf["ids"].size < b * v or buf["flat"].dtype != idt:
+            buf = {"ids": np.empty(b * v, dtype=np.uint8), "flat": np.empty(b * v, dtype=idt)}
+            self._scratch_bufs[gi] = buf
+        return {"ids": buf["ids"][: b * v].reshape(b, v), "flat": buf["flat"][: b * v]}
+
+    @property
+    def n_halves(self) -> int:
+        return 2 if self.split_half else 1
+
+    @property
+    def calibrated(self) -> bool:
+        return self.edges is not None
+
+    def _channels_tensor(self, device: torch.device) -> torch.Tensor | None:
+        if self.channels.size == self.layout.d_model and np.all(self.channels == np.arange(
+                self.layout.d_model)):
+            return None
+        if self._chan_t is None or self._chan_t.device != device:
+            self._chan_t = torch.as_tensor(self.channels, device=device)
+        return self._chan_t
+
+    def _activations(self, cache: Mapping[str, Any], group: Group) -> torch.Tensor:
+        t = cache[f"blocks.{group[0]}.{group[1]}.out"]
+        dev = t.device if isinstance(t, torch.Tensor) else torch.device("cpu")
+        x = patch_activations(cache, self.layout, group, self._channels_tensor(dev))
+        if self.device is None:
+            self.device = x.device
+        return x.to(self.device)
+
+    # -- calibration ----------------------------------------------------------------------
+    def calibrate(self, cache: Mapping[str, Any]) -> None:
+        """Add the batch to the reservoir (until ``calibration_images`` images)."""
+        if self.calibrated:
+            raise RuntimeError("already calibrated")
+        room = self.calibration_images - self._res_n
+        if room <= 0:
+            return
+        nb = 0
+        for gi, group in enumerate(self.groups):
+            x = self._activations(cache, group)[:room]
+            nb = x.shape[0]
+            self._reservoir[gi].append(x.float().contiguous())
+        self._res_n += nb
+
+    def end_calibration(self) -> None:
+        """Fix the edges (order statistics of the reservoir), free it, allocate counts."""
+        if self._res_n < self.bins:
+            raise ValueError(f"calibration saw {self._res_n} images; need at least "
+                             f"bins={self.bins}")
+        ranks = torch.as_tensor(edge_ranks(self._res_n, self.bins))
+        edges, lo, hi = [], [], []
+        for gi in range(len(self.groups)):
+            res = torch.cat(self._reservoir[gi])  # (R, P, C)
+            self._reservoir[gi] = []
+            if res.device.type == "cpu":
+                s = torch.from_numpy(np.sort(res.numpy(), axis=0))
+            else:
+                s = torch.sort(res, dim=0).values
+            edges.append(s[ranks.to(s.device)].contiguous())
+            lo.append(s[0].clone())
+            hi.append(s[-1].clone())
+            del res, s
+        self.calibration_n = self._res_n
+        self._res_n = 0
+        self.set_edges(torch.stack(edges), torch.stack(lo), torch.stack(hi))
+
+    def set_edges(self, edges: torch.Tensor | np.ndarray, vmin: Any = None,
+                  vmax: Any = None) -> None:
+        """Install calibrated edges (G, B-1, P, C) and allocate zeroed counts.
+
+        ``vmin`` / ``vmax`` (G, P, C): the calibration range of each neuron (the outer
+        cells of bowtie plots); default the first / last edge.
+        """
+        dev = self.device or torch.device("cpu")
+        self.device = dev
+        g, p, c, b = len(self.groups), self.layout.n_positions, self.channels.size, self.bins
+        e = torch.as_tensor(edges, dtype=torch.float32).to(dev).contiguous()
+        if tuple(e.shape) != (g, b - 1, p, c):
+            raise ValueError(f"edges must have shape {(g, b - 1, p, c)}, got {tuple(e.shape)}")
+        self.edges = e
+        self._edges_np: np.ndarray | None = e.numpy() if dev.type == "cpu" else None
+        h, cn, k = self.n_halves, self.null_idx.size, self.cross.shape[0]
+        self.counts = [torch.zeros((h, c, b, p, b), dtype=self._initial_dtype(dev), device=dev)
+                       for _ in range(g)]
+        self.null = [torch.zeros((cn, b, p, b), dtype=torch.int32, device=dev) for _ in range(g)]
+        self.cross_counts = [torch.zeros((h, k, b, b), dtype=torch.int32, device=dev)
+                             for _ in range(g)]
+        self.vmin = (e[:, 0] if vmin is None else torch.as_tensor(vmin)).to(
+            dev, torch.float32).contiguous().clone()
+        self.vmax = (e[:, -1] if vmax is None else torch.as_tensor(vmax)).to(
+            dev, torch.float32).contiguous().clone()
+        self.n = self.n_null = 0
+
+    def _initial_dtype(self, dev: torch.device) -> torch.dtype:
+        if self.count_dtype == "int32" or (self.count_dtype == "auto" and dev.type != "cpu"):
+            return torch.int32
+        return torch.int16
+
+    # -- streaming ------------------------------------------------------------------------
+    def update(self, cache: Mapping[str, Any]) -> None:
+        if not self.calibrated:
+            raise RuntimeError("JointCounts needs calibrate() / end_calibration() first")
+        xs = [self._activations(cache, group) for group in self.groups]
+        nb = xs[0].shape[0] if xs else 0
+        if nb == 0:
+            return
+        if any(x.shape[0] != nb for x in xs):
+            raise ValueError("all sites of a batch must hold the same images")
+        self._ensure_capacity(nb)
+        for dt in {c.dtype for c in self.counts} | {torch.int32}:  # pre-size shared buffers
+            self._ones_for(dt, self.counts[0].device, self._max_increments(nb))
+        index = cache.get(IMAGE_INDEX)
+        order = (np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
+                 if index is not None else self.n + np.arange(nb))
+        self._half = order % self.n_halves
+        if xs[0].device.type == "cpu":
+            run_parallel(lambda gi: self._update_group(gi, xs[gi]), len(xs),
+                         resolve_threads(self.threads))
+        else:
+            for gi, x in enumerate(xs):
+                self._update_group(gi, x)
+        if self.null_idx.size and nb >= 2:
+            self.n_null += nb
+        self.n += nb
+
+    def _max_increments(self, b: int) -> int:
+        """Upper bound on the increments of one ``_add`` call for a batch of ``b``."""
+        return b * self.layout.n_positions * self.channels.size
+
+    def _ones_for(self, dtype: torch.dtype, device: torch.device, n: int) -> torch.Tensor:
+        ones = self._ones.get(dtype)
+        if ones is None or ones.numel() < n or ones.device != device:
+            ones = torch.ones(n, dtype=dtype, device=device)
+            self._ones[dtype] = ones
+        return ones
+
+    def _max_per_half(self, n: int) -> int:
+        return (n + 1) // 2 if self.split_half else n
+
+    def _ensure_capacity(self, more: int) -> None:
+        """Promote int16 counts to int32 before a half could exceed 32767 images."""
+        if self.counts and self.counts[0].dtype == torch.int16 \
+                and self._max_per_half(self.n + more) > _INT16_MAX:
+            self.counts = [c.to(torch.int32) for c in self.counts]
+
+    def _update_group(self, gi: int, x: torch.Tensor) -> None:
+        if x.device.type == "cpu":
+            self._update_group_numpy(gi, x)
+        else:
+            self._update_group_torch(gi, x)
+
+    def _update_group_numpy(self, gi: int, x: torch.Tensor) -> None:
+        """CPU path: numpy index arithmetic, torch ``index_add_`` for the scatter."""
+        assert self._edges_np is not None
+        b, p, c = x.shape
+        nb = self.bins
+        xn = as_float32_numpy(x).reshape(b, p * c)
+        cp = self.layout.centre_position
+        half = self._half
+        main = self.counts[gi]
+        idt = np.int64 if main.numel() >= 2**31 else np.int32
+        e = self._edges_np[gi].reshape(nb - 1, p * c)
+        scratch = self._scratch(gi, b, p * c, idt)
+        idn = digitize(xn, e, layout="col", out=scratch["ids"]).reshape(b, p, c)
+        xc = idn[:, cp, :].astype(idt)  # (b, C) central bins
+        # layout (H, C, B_x, P, B_y): flat = (((h C + c) B + x) P + p) B + y, enumerated
+        # in (image, c, p) order: one image's increments for a channel stream through
+        # one (P, B_y) row of the counts
+        base = ((half.astype(idt)[:, None] * c + np.arange(c, dtype=idt)) * nb + xc) \
+            * (p * nb)
+        flat = scratch["flat"].reshape(b, c, p)
+        np.add(base[:, :, None], np.arange(p, dtype=idt) * nb, out=flat)
+        np.add(flat, idn.transpose(0, 2, 1), out=flat)
+        self._add(main, torch.from_numpy(flat))
+        if self.null_idx.size and b >= 2:  # layout (C_null, B_x, P, B_y)
+            ni = self.null_idx
+            cn = ni.size
+            xs = xc[:, ni].astype(np.int64)  # (b, Cn)
+            # y from the next image of the batch (the last pairs with the first)
+            ys = np.roll(idn[:, :, ni].transpose(0, 2, 1), -1, axis=0)  # (b, Cn, P)
+            flat = ((np.arange(cn) * nb + xs)[:, :, None] * p + np.arange(p)) * nb + ys
+            self._add(self.null[gi], torch.from_numpy(flat))
+        if self.cross.shape[0]:  # layout (H, K, B_x, B_y)
+            cr = self.cross
+            k = cr.shape[0]
+            xk = xc[:, cr[:, 0]].astype(np.int64)
+            yk = idn[:, cr[:, 2], cr[:, 1]]
+            flat = ((half[:, None] * k + np.arange(k)) * nb + xk) * nb + yk
+            self._add(self.cross_counts[gi], torch.from_numpy(flat))
+
+    def _update_group_torch(self, gi: int, x: torch.Tensor) -> None:
+        """Accelerator path: searchsorted binning and ``index_add_``, all on device."""
+        assert self.edges is not None
+        b, p, c = x.shape
+        nb = self.bins
+        dev = x.device
+        xf = x.float()
+        ids = digitize(xf.reshape(b, p * c), self.edges[gi].reshape(nb - 1, p * c),
+                       layout="col").view(b, p, c)
+        cp = self.layout.centre_position
+        ht = torch.as_tensor(self._half, device=dev)
+        xc = ids[:, cp, :]
+        base = ((ht[:, None] * c + torch.arange(c, device=dev)) * nb + xc) * (p * nb)
+        flat = base[:, :, None] + torch.arange(p, device=dev) * nb + ids.transpose(1, 2)
+        self._add(self.counts[gi], flat)
+        if self.null_idx.size and b >= 2:
+            ni = torch.as_tensor(self.null_idx, device=dev)
+            cn = ni.numel()
+            xs = xc.index_select(1, ni)
+            ys = ids.index_select(2, ni).transpose(1, 2).roll(-1, dims=0)
+            flat = ((torch.arange(cn, device=dev) * nb + xs)[:, :, None] * p
+                    + torch.arange(p, device=dev)) * nb + ys
+            self._add(self.null[gi], flat)
+        if self.cross.shape[0]:
+            cr = torch.as_tensor(self.cross, device=dev)
+            k = cr.shape[0]
+            xk = xc.index_select(1, cr[:, 0])
+            yk = ids[:, cr[:, 2], cr[:, 1]]
+            flat = ((ht[:, None] * k + torch.arange(k, device=dev)) * nb + xk) * nb + yk
+            self._add(self.cross_counts[gi], flat)
+
+    def _add(self, counts: torch.Tensor, flat: torch.Tensor) -> None:
+        """``counts.view(-1)[flat] += 1`` (repeated indices add up)."""
+        flat = flat.reshape(-1)
+        ones = self._ones.get(counts.dtype)
+        if ones is None or ones.numel() < flat.numel() or ones.device != counts.device:
+            # only reached from one thread at a time in practice (buffers are pre-sized in
+            # update); a fresh tensor per call is safe anyway
+            ones = torch.ones(flat.numel(), dtype=counts.dtype, device=counts.device)
+        counts.view(-1).index_add_(0, flat.to(counts.device), ones[: flat.numel()])
+
+    # -- access ---------------------------------------------------------------------------
+    def pair_counts(self, layer: int, sublayer: str, channel: int, position: int,
+                    *, half: int | None = None) -> np.ndarray:
+        """(B, B) int64 counts [bin_x (central), bin_y] of one channel's centre vs position."""
+        gi = self.groups.index((layer, sublayer))
+        ci = int(np.flatnonzero(self.channels == channel)[0])
+        c = self.canonical(gi)[:, position, ci].to(torch.int64)
+        c = c.sum(0) if half is None else c[half]
+        return c.cpu().numpy()
+
+    # -- state ----------------------------------------------------------------------------
+    def merge(self, other: Self) -> Self:
+        check_same_config(self, other)
+        if not (self.calibrated and other.calibrated):
+            raise ValueError("merge calibrated accumulators only")
+        assert self.edges is not None and other.edges is not None
+        if not torch.equal(self.edges, other.edges.to(self.device)):
+            raise ValueError("shards were calibrated differently: calibrate once and "
+                             "load_state_dict the calibrated (empty) state into every shard")
+        self._ensure_capacity(other.n)
+        if self.counts and other.counts and other.counts[0].dtype == torch.int32:
+            self.counts = [c.to(torch.int32) for c in self.counts]
+        for mine, theirs in ((self.counts, other.counts), (self.null, other.null),
+                             (self.cross_counts, other.cross_counts)):
+            for a, b in zip(mine, theirs, strict=True):
+                a += b.to(self.device, a.dtype)
+        self.n += other.n
+        self.n_null += other.n_null
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the state: ``edges`` (G, B-1, P, C) float32, ``vmin`` / ``vmax``,
+        ``counts_{g}`` (H, P, C, B_x, B_y) int16 or int32, ``null_{g}`` and ``cross_{g}``
+        int64, ``n``, ``n_null``,
+        ``calibration_n``; before calibration ends, ``reservoir_{g}`` instead."""
+        out: dict[str, np.ndarray] = {"n": np.asarray(self.n, np.int64),
+                                      "n_null": np.asarray(self.n_null, np.int64),
+                                      "calibration_n": np.asarray(self.calibration_n, np.int64)}
+        if not self.calibrated:
+            if self._res_n:
+                for gi in range(len(self.groups)):
+                    out[f"reservoir_{gi}"] = torch.cat(self._reservoir[gi]).cpu().numpy()
+            return out
+        assert self.edges is not None and self.vmin is not None and self.vmax is not None
+        out["edges"] = self.edges.cpu().numpy().copy()
+        out["vmin"] = self.vmin.cpu().numpy().copy()
+        out["vmax"] = self.vmax.cpu().numpy().copy()
+        for gi in range(len(self.groups)):
+            # layouts: counts canonical (H, P, C, B_x, B_y); null (C_null, B_x, P, B_y);
+            # cross (H, K, B_x, B_y). The main counts keep their own integer type (int16
+            # until a half could exceed 32767 images, then int32): int64 copies of them
+            # would take 4x the memory of the live state (9.7 GB for DINOv2-S, B = 16)
+            out[f"counts_{gi}"] = np.ascontiguousarray(self.canonical(gi).cpu().numpy())
+            out[f"null_{gi}"] = self.null[gi].cpu().numpy().astype(np.int64)
+            out[f"cross_{gi}"] = self.cross_counts[gi].cpu().numpy().astype(np.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        if "edges" not in state:
+            self.edges = None
+            self._reservoir = [[] for _ in self.groups]
+            self._res_n = 0
+            for gi in range(len(self.groups)):
+                key = f"reservoir_{gi}"
+                if key in state:
+                    dev = self.device or torch.device("cpu")
+                    self.device = dev
+                    self._reservoir[gi] = [torch.as_tensor(state[key]).to(dev)]
+                    self._res_n = int(state[key].shape[0])
+            self.n = int(state["n"])
+            self.n_null = int(state["n_null"])
+            self.calibration_n = int(state["calibration_n"])
+            return
+        self.set_edges(torch.as_tensor(state["edges"]), state["vmin"], state["vmax"])
+        self.n = int(state["n"])
+        if self.counts and self.counts[0].dtype == torch.int16 \
+                and self._max_per_half(self.n) > _INT16_MAX:
+            self.counts = [c.to(torch.int32) for c in self.counts]
+        for gi in range(len(self.groups)):
+            for key in ("counts", "null", "cross"):
+                src = np.asarray(state[f"{key}_{gi}"])
+                if src.size and src.max(initial=0) >= 2**31:
+                    raise OverflowError(f"{key} exceed int32; use fewer images per shard")
+                dst = {"counts": self.canonical(gi), "null": self.null[gi],
+                       "cross": self.cross_counts[gi]}[key]
+                dst.copy_(torch.as_tensor(src))
+        self.n = int(state["n"])
+        self.n_null = int(state["n_null"])
+        self.calibration_n = int(state["calibration_n"])
+
+    def config(self) -> dict[str, Any]:
+        return {"layout": self.layout.to_config(), "bins": self.bins,
+                "groups": [list(g) for g in self.groups], "channels": self.channels.tolist(),
+                "calibration_images": self.calibration_images, "split_half": self.split_half,
+                "null_channels": self.null_channels,
+                "cross_pairs_per_distance": self.cross_pairs_per_distance, "seed": self.seed,
+                "count_dtype": self.count_dtype}
+
+    # -- results --------------------------------------------------------------------------
+    def result(self, *, keep_channels: int | Sequence[int] = 2,
+               method: str = "extrapolated") -> xr.Dataset:
+        """MI Dataset; see :func:`vitprobe.stats.joint_result.joint_dataset`."""
+        from vitprobe.stats.joint_result import joint_dataset
+
+        return joint_dataset(self, keep_channels=keep_channels, method=method)
