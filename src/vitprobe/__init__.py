@@ -8,7 +8,7 @@ from vitprobe.errors import UnsupportedModelError, VitprobeError
 
 __version__ = "0.1.0"
 
-__all__ = ["UnsupportedModelError", "VitprobeError", "__version__", "load_model"]
+__all__ = ["UnsupportedModelError", "VitprobeError", "__version__", "load_model", "run_study"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from vitprobe.models import load_model
 
         return load_model
+    if name == "run_study":
+        from vitprobe.study import run_study
+
+        return run_study
     raise AttributeError(f"module 'vitprobe' has no attribute {name!r}")

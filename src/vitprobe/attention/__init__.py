@@ -15,8 +15,7 @@ section "Similarity or dissimilarity?"; Pan et al. 2024, arXiv 2405.14880.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vitprobe._lazy import lazy_exports
 
 _EXPORTS = {
     "AngleAccumulator": "vitprobe.attention.angles",
@@ -31,8 +30,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vitprobe.attention' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from vitprobe.errors import ResultsError
+from vitprobe.netcdf import load_dataset, save_dataset
 
 __all__ = ["angles_dataset", "attach_qk", "layer_table", "load_angles", "save_angles"]
 
@@ -332,22 +332,9 @@ def layer_table(ds: xr.Dataset) -> str:
 
 def save_angles(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` as netCDF4/HDF5 (``engine="h5netcdf"``); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(path, engine="h5netcdf")
-    return path
+    return save_dataset(ds, path)
 
 
 def load_angles(path: str | Path) -> xr.Dataset:
     """Read a Dataset written by :func:`save_angles` (ResultsError if not one)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"no angle results at {path}")
-    try:
-        ds = xr.load_dataset(path, engine="h5netcdf")
-    except (OSError, ValueError) as err:
-        raise ResultsError(f"cannot read {path}: {err}") from err
-    missing = [v for v in _REQUIRED if v not in ds]
-    if missing:
-        raise ResultsError(f"{path} is not a vitprobe angles result (missing {missing})")
-    return ds
+    return load_dataset(path, kind="angles", required=_REQUIRED)

@@ -8,7 +8,7 @@ import json
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
     """The model options every sub-command shares."""
-    from vitprobe.models.registry import DEFAULT_MODEL
+    from vitprobe.defaults import DEFAULT_MODEL
 
     parser.add_argument(
         "--model",
@@ -54,7 +54,8 @@ def register(subparsers) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from vitprobe.models.registry import DEFAULT_MODEL, load_model
+    from vitprobe.defaults import DEFAULT_MODEL
+    from vitprobe.models.registry import load_model
 
     model = load_model(
         args.spec or DEFAULT_MODEL, pretrained=not args.random_init, checkpoint=args.checkpoint

@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitprobe.defaults import DEFAULT_MODEL
 from vitprobe.errors import UnsupportedModelError, VitprobeError
 from vitprobe.models.base import FamilyAdapter, ProbedViT
 from vitprobe.models.preprocess import PreprocessConfig
-
-DEFAULT_MODEL = "imgfocus-dinov2-s14"
 
 
 def adapter_for(model: nn.Module) -> FamilyAdapter:

@@ -39,6 +39,19 @@ __all__ = [
 ]
 
 SUBLAYER_TITLES = {"attn": "MHA", "mlp": "MLP"}
+CONTROL_COLOR = "0.45"
+
+
+def _split_models(ds: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset | None, str]:
+    """(trained, control or None, control label) from a result with an optional ``model``
+    dim (``vitprobe run --control random-init`` stacks the two)."""
+    if "model" not in ds.dims:
+        return ds, None, ""
+    labels = [str(v) for v in ds["model"].values]
+    main = "trained" if "trained" in labels else labels[0]
+    others = [v for v in labels if v != main]
+    control = ds.sel(model=others[0]) if others else None
+    return ds.sel(model=main), control, (others[0] if others else "")
 
 
 def _need(ds: xr.Dataset, *names: str) -> None:
@@ -262,9 +275,11 @@ def plot_mi_vs_distance(ds: xr.Dataset, *, layers: Sequence[int] | None = None,
     shades the standard deviation across channels instead. The grey band is the
     shuffled-pair null (mean +- one standard deviation across null pairs, pooled over
     the layers shown). ``exclude_layers`` (0-based) drops layers, as the poster
-    dropped layer 1.
+    dropped layer 1. With a ``model`` dim, the control (random init) is drawn as thin
+    grey dashed lines, one per layer.
     """
     _need(ds, "mi_vs_distance")
+    ds, control, control_label = _split_models(ds)
     subs = [s for s in ("attn", "mlp") if s in ds.sublayer.values]
     layers = [int(v) for v in (ds.layer.values if layers is None else layers)
               if int(v) not in set(exclude_layers)]
@@ -296,6 +311,11 @@ def plot_mi_vs_distance(ds: xr.Dataset, *, layers: Sequence[int] | None = None,
             if spread:
                 sd = ds.mi_vs_distance_channel_std.sel(layer=layer, sublayer=s).values
                 ax.fill_between(dist, y - sd, y + sd, color=color, alpha=0.15, lw=0)
+        if control is not None:
+            for i, layer in enumerate(layers):
+                y = control.mi_vs_distance.sel(layer=layer, sublayer=s).values
+                ax.plot(dist, y, color=CONTROL_COLOR, lw=0.8, ls="--", zorder=1,
+                        label=f"{control_label} (all layers)" if i == 0 else None)
         ax.set_title(SUBLAYER_TITLES.get(s, s))
         ax.set_xlabel("distance from the central patch (patches, rounded)")
         if logy:
@@ -357,9 +377,11 @@ def plot_kurtosis(ds: xr.Dataset, *, layers: Sequence[int] | None = None) -> Fig
     """Excess kurtosis of single neurons per layer: median and quartiles across neurons
     (whiskers 5-95 %), MHA and MLP side by side; 0 is a normal distribution.
 
-    From a :class:`~vitprobe.stats.NeuronMoments` result.
+    From a :class:`~vitprobe.stats.NeuronMoments` result. With a ``model`` dim, the
+    control's median per layer is drawn as grey dashed lines with open markers.
     """
     _need(ds, "excess_kurtosis")
+    ds, control, control_label = _split_models(ds)
     subs = [s for s in ("attn", "mlp") if s in ds.sublayer.values]
     layers = [int(v) for v in (ds.layer.values if layers is None else layers)]
     fig = Figure(figsize=(max(4.5, 0.45 * len(layers) * len(subs) + 1.5), 3.6))
@@ -381,15 +403,24 @@ def plot_kurtosis(ds: xr.Dataset, *, layers: Sequence[int] | None = None) -> Fig
             ax.hlines(q50, x - width * 0.4, x + width * 0.4, color="k", lw=1.2)
         ax.plot([], [], color=colors.get(s, "k"), lw=6, alpha=0.5,
                 label=SUBLAYER_TITLES.get(s, s))
+        if control is not None:
+            x = np.arange(len(layers)) + (k - (len(subs) - 1) / 2) * width
+            med = [float(np.nanmedian(control.excess_kurtosis.sel(layer=la, sublayer=s)))
+                   for la in layers]
+            ax.plot(x, med, color=CONTROL_COLOR, ls="--", lw=0.9, marker="o", ms=3.5,
+                    mfc="white", mec=colors.get(s, "k"),
+                    label=f"{control_label} median, {SUBLAYER_TITLES.get(s, s)}")
     ax.axhline(0, color="0.4", lw=0.8, ls="--")
     ax.set_xticks(range(len(layers)), [str(v + 1) for v in layers])
     ax.set_xlabel("layer")
     ax.set_ylabel("excess kurtosis (neurons)")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlim(-0.6, len(layers) - 0.4)
-    ax.legend(fontsize=8, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8,
+               frameon=False)
     ax.set_title(f"single-neuron excess kurtosis ({ds.attrs.get('n_images', '?')} images)\n"
                  "box: quartiles across neurons, whiskers: 5-95 %", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -15,8 +15,7 @@ References: Pan et al. 2024, arXiv 2405.14880; Saponati et al. 2025, arXiv 2502.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vitprobe._lazy import lazy_exports
 
 _EXPORTS = {
     "analyze_qk": "vitprobe.weights.analysis",
@@ -36,8 +35,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vitprobe.weights' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

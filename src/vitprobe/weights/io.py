@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from vitprobe.errors import ResultsError
+from vitprobe.netcdf import load_dataset, save_dataset
 
 __all__ = ["load_qk", "save_qk", "summary_table"]
 
@@ -16,25 +16,12 @@ _REQUIRED = ("eig_sym", "lambda_asym", "singular_value", "positive_share", "symm
 
 def save_qk(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` to ``path`` (netCDF4/HDF5, ``engine="h5netcdf"``); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(path, engine="h5netcdf")
-    return path
+    return save_dataset(ds, path)
 
 
 def load_qk(path: str | Path) -> xr.Dataset:
     """Read a Dataset written by :func:`save_qk`; ResultsError if missing or not a qk file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"no query-key results at {path}")
-    try:
-        ds = xr.load_dataset(path, engine="h5netcdf")
-    except (OSError, ValueError) as err:
-        raise ResultsError(f"cannot read {path}: {err}") from err
-    missing = [v for v in _REQUIRED if v not in ds]
-    if missing:
-        raise ResultsError(f"{path} is not a vitprobe qk result (missing {missing})")
-    return ds
+    return load_dataset(path, kind="qk", required=_REQUIRED)
 
 
 def summary_table(ds: xr.Dataset) -> str:

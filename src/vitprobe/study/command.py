@@ -1,0 +1,103 @@
+"""``vitprobe run``: the whole study in one command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    from vitprobe.study.config import ANALYSES, DEMO_N_IMAGES, DTYPES
+
+    p = subparsers.add_parser(
+        "run", help="run the whole study and write a report",
+        description="Run the whole study in one streaming pass over the images (after a "
+                    "calibration pass): neuron moments and distributions, mutual information "
+                    "against distance with bowties, attention against embedding angles, and "
+                    "the query-key weight analysis; then figures and report.html. With no "
+                    "arguments: the offline DINOv2-S/14 on the built-in demo photos "
+                    f"({DEMO_N_IMAGES} crops), a demo scale that finishes in minutes on a CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from vitprobe.models.command import add_model_arguments
+
+    add_model_arguments(p)
+    from vitprobe.study.config import DEFAULT_IMAGES
+
+    p.add_argument("--images", "-i", default=DEFAULT_IMAGES, metavar="SRC",
+                   help="image source: a folder (ImageNet-style or flat), a .txt list, .tar "
+                        "shards, hf:<name>[:<split>], demo, or stimuli:<kind>")
+    p.add_argument("--n-images", "-n", type=int, default=None,
+                   help=f"images in the seeded random subset (default: {DEMO_N_IMAGES} for the "
+                        "demo, else all)")
+    p.add_argument("--seed", type=int, default=0, help="picks the subset; seeds controls")
+    p.add_argument("--out", "-o", default="vitprobe-out", help="results folder")
+    p.add_argument("--analyses", default=",".join(ANALYSES),
+                   help=f"comma-separated subset of {','.join(ANALYSES)}")
+    p.add_argument("--control", choices=["random-init", "none"], default="none",
+                   help="also run a randomly initialised copy and overlay it in every figure")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="model compute dtype (statistics are accumulated in float32/64)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--memory-budget", default="4GB",
+                   help="memory for mutual-information counts per pass (more passes if needed)")
+    p.add_argument("--calibration-images", type=int, default=256,
+                   help="images that fix bin edges and the mean token")
+    p.add_argument("--mi-channels", type=int, default=None,
+                   help="channels per sublayer for mutual information (evenly spaced; "
+                        "default all)")
+    p.add_argument("--mi-bins", type=int, default=None,
+                   help="quantile bins per neuron (default: from the number of images)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+    p.add_argument("--no-report", action="store_true", help="skip figures and report.html")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitprobe.study.config import StudyConfig
+    from vitprobe.study.runner import EXIT_INTERRUPTED, StudyInterrupted, run_study
+
+    config = StudyConfig(
+        model=args.model, images=args.images, n_images=args.n_images, seed=args.seed,
+        out=args.out, analyses=tuple(a.strip() for a in args.analyses.split(",") if a.strip()),
+        control=None if args.control == "none" else args.control, device=args.device,
+        dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+        memory_budget=args.memory_budget, calibration_images=args.calibration_images,
+        checkpoint_every_s=args.checkpoint_every, mi_channels=args.mi_channels,
+        mi_bins=args.mi_bins, checkpoint=args.checkpoint, pretrained=not args.random_init,
+    )
+    t0 = time.perf_counter()
+    try:
+        result = run_study(config, report=not args.no_report, resume=args.resume,
+                           force=args.force)
+    except StudyInterrupted as stop:
+        print(f"vitprobe: {stop}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.report is None and not result.datasets:
+        return 0  # a non-zero rank of a distributed run: rank 0 prints the summary
+    _summary(config, result, time.perf_counter() - t0)
+    return 0
+
+
+def _summary(config, result, seconds: float) -> None:
+    lines = [
+        "",
+        f"vitprobe run finished in {seconds / 60:.1f} min"
+        + ("  (demo scale: built-in photos, not ImageNet)" if config.is_demo else ""),
+        f"  model      {config.model}" + (f"  + control {config.control}" if config.control
+                                          else ""),
+        f"  images     {result.n_images} counted from {config.images}"
+        + (f", {len(result.skipped)} skipped" if result.skipped else ""),
+        f"  analyses   {', '.join(config.analyses)}",
+        f"  results    {config.out}/results/ ({len(result.datasets)} netCDF files)",
+    ]
+    if result.report is not None:
+        lines.append(f"  report     {result.report}")
+    for path, reason in result.skipped[:10]:
+        lines.append(f"  skipped    {path}: {reason}")
+    if len(result.skipped) > 10:
+        lines.append(f"  ... {len(result.skipped) - 10} more skipped files in manifest.json")
+    print("\n".join(lines))

@@ -1,0 +1,57 @@
+"""torchrun with 2 CPU processes (gloo) gives the numbers of 1 process; a killed rank resumes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from tests.study.helpers import (
+    SMALL_RUN,
+    assert_same_results,
+    env,
+    run,
+    torchrun_cmd,
+    vitprobe_cmd,
+    wait_for,
+)
+from vitprobe.study import manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report"))
+    return out
+
+
+def test_two_processes_equal_one(single, tmp_path):
+    out = tmp_path / "two"
+    run(torchrun_cmd(2, "run", *SMALL_RUN, "--out", str(out), "--no-report"))
+    assert manifest.read(out)["world_size"] == 2
+    assert_same_results(single, out)
+
+
+def test_killed_rank_then_resume(single, tmp_path):
+    out = tmp_path / "killed"
+    cmd = torchrun_cmd(2, "run", *SMALL_RUN, "--out", str(out), "--no-report",
+                       "--checkpoint-every", "0")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    wait_for(out / "checkpoint.npz", proc)
+    # kill one worker process (rank 1) outright: no chance to checkpoint
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    workers = [int(p) for p in children.stdout.split()]
+    assert len(workers) == 2, children.stdout
+    import os
+
+    os.kill(max(workers), signal.SIGKILL)
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert manifest.status(out) == "running"
+    # resume with a different world size: the checkpoint lists images, not ranks
+    run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report", "--resume"))
+    assert_same_results(single, out)

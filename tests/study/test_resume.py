@@ -1,0 +1,61 @@
+"""An interrupted run (SIGTERM mid-pass) resumes to the same numbers as one that never stopped."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from tests.study.helpers import SMALL_RUN, assert_same_results, env, run, vitprobe_cmd, wait_for
+from vitprobe.errors import ResultsError
+from vitprobe.study import manifest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report"))
+    return out
+
+
+def test_sigterm_then_resume_gives_identical_counts(uninterrupted, tmp_path):
+    out = tmp_path / "interrupted"
+    cmd = vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report",
+                       "--checkpoint-every", "0")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for(out / "checkpoint.npz", proc)  # the first batch is counted and checkpointed
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err
+    assert "--resume" in err
+    assert manifest.status(out) == "running"
+    # without --resume the unfinished run is protected
+    blocked = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    assert blocked.returncode == 1 and "--resume" in blocked.stderr
+    done = run([*cmd, "--resume"])
+    assert "resuming pass 1/1" in done.stderr
+    assert manifest.status(out) == "complete"
+    assert not (out / "checkpoint.npz").exists()
+    assert_same_results(uninterrupted, out)
+
+
+def test_finished_run_is_not_overwritten_without_force(uninterrupted):
+    proc = subprocess.run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(uninterrupted)),
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 1 and "--force" in proc.stderr
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    from vitprobe.study import checkpoint
+
+    checkpoint.save(tmp_path, checkpoint.Checkpoint(progress={"fingerprint": "other"}))
+    from vitprobe.study import run_study
+
+    with pytest.raises(ResultsError, match="other settings"):
+        run_study(model="imgfocus-dinov2-s14", images="demo?crops=2", n_images=8,
+                  analyses=("moments",), out=tmp_path, resume=True, report=False,
+                  workers=0)

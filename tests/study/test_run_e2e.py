@@ -1,0 +1,112 @@
+"""`vitprobe run` end to end on the trained offline model, then `vitprobe report` alone."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image
+
+from tests.study.helpers import SMALL_RUN, run, vitprobe_cmd
+from vitprobe.cli import main
+from vitprobe.report.figures import FIGURES
+
+pytestmark = pytest.mark.slow
+
+DOCUMENTED = {
+    "moments": ["mean", "variance", "skewness", "excess_kurtosis", "jarque_bera"],
+    "histograms": ["histogram", "calibration_mean", "calibration_std"],
+    "mi": ["mi", "mi_vs_distance", "mi_vs_distance_stderr", "mi_null_level", "joint_counts",
+           "edges"],
+    "angles": ["baseline_hist", "attention_hist", "mean_attention_per_bin",
+               "mean_angle_baseline", "mean_angle_attention", "share_attention_above_90",
+               "logit_cos_correlation", "layer_angle_shift"],
+    "qk": ["eig_sym", "lambda_asym", "singular_value", "positive_share", "symmetry",
+           "weighted_cosine", "layer_symmetry"],
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    args = [a if a != "moments,mi,angles" else "moments,mi,angles,qk" for a in SMALL_RUN]
+    proc = run(vitprobe_cmd("run", *args, "--control", "random-init", "--out", str(out)))
+    return out, proc
+
+
+def test_summary_and_manifest(finished):
+    out, proc = finished
+    assert "vitprobe run finished" in proc.stdout and "demo scale" in proc.stdout
+    assert str(out / "report.html") in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["model"]["spec"] == "imgfocus-dinov2-s14"
+    assert len(manifest["model"]["weights_sha256"]) == 64
+    assert manifest["images"]["n_selected"] == 48 and manifest["images"]["demo"]
+    assert len(manifest["images"]["ids_sha256"]) == 64
+    assert (out / "images.txt").read_text().count("\n") == 48
+    assert manifest["n_images_counted"] == 48 and manifest["skipped"] == []
+    assert manifest["control"] == "random-init"
+    for package in ("vitprobe", "torch", "timm", "transformers"):
+        assert manifest["versions"][package] != "not installed"
+    assert "vitprobe" in manifest["command"] and "--control" in manifest["command"]
+    assert {"load_s", "pass1_s", "total_s"} <= set(manifest["timings_s"])
+    assert set(manifest["results"]) == set(DOCUMENTED)
+
+
+def test_every_dataset_opens_with_documented_variables(finished):
+    out, _ = finished
+    for name, variables in DOCUMENTED.items():
+        with xr.open_dataset(out / "results" / f"{name}.nc", engine="h5netcdf") as ds:
+            missing = [v for v in variables if v not in ds]
+            assert not missing, (name, missing)
+            assert list(ds["model"].values) == ["trained", "random-init"], name
+            assert ds.attrs["model_spec"] == "imgfocus-dinov2-s14"
+            assert np.isfinite(ds[variables[0]].values).any(), name
+
+
+def test_report_embeds_every_figure_and_they_decode(finished):
+    out, _ = finished
+    page = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(FIGURES)
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+            img.load()
+            assert img.width > 300 and img.height > 200
+    for spec in FIGURES:
+        assert (out / "figures" / f"{spec.slug}.pdf").stat().st_size > 1000
+        assert f'id="{spec.slug}"' in page
+    assert "Main findings" in page and "not ImageNet" in page
+    assert "results/mi.nc" in page
+
+
+def test_report_redraws_without_model_or_images(finished, tmp_path, monkeypatch):
+    out, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("figures", "report.html"))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the report must not load a model")
+
+    import vitprobe.data
+    import vitprobe.models.registry
+
+    monkeypatch.setattr(vitprobe.models.registry, "load_model", no_model)
+    monkeypatch.setattr(vitprobe.data, "open_images", no_model)
+    assert main(["report", str(copy)]) == 0
+    for spec in FIGURES:
+        a = np.asarray(Image.open(out / "figures" / f"{spec.slug}.png"))
+        b = np.asarray(Image.open(copy / "figures" / f"{spec.slug}.png"))
+        np.testing.assert_array_equal(a, b, err_msg=spec.slug)
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 1
+    assert "not a vitprobe results folder" in capsys.readouterr().err
