@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
@@ -21,37 +22,28 @@ from vitprobe.study import manifest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report"))
-    return out
-
-
-def test_two_processes_equal_one(single, tmp_path):
+def test_two_processes_equal_one(reference_run, tmp_path):
     out = tmp_path / "two"
     run(torchrun_cmd(2, "run", *SMALL_RUN, "--out", str(out), "--no-report"))
     assert manifest.read(out)["world_size"] == 2
-    assert_same_results(single, out)
+    assert_same_results(reference_run, out)
 
 
-def test_killed_rank_then_resume(single, tmp_path):
+def test_killed_rank_then_resume(reference_run, tmp_path):
     out = tmp_path / "killed"
     cmd = torchrun_cmd(2, "run", *SMALL_RUN, "--out", str(out), "--no-report",
                        "--checkpoint-every", "0")
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     wait_for(out / "checkpoint.npz", proc)
-    # kill one worker process (rank 1) outright: no chance to checkpoint
+    # kill one worker process outright: no chance to checkpoint
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
     workers = [int(p) for p in children.stdout.split()]
     assert len(workers) == 2, children.stdout
-    import os
-
     os.kill(max(workers), signal.SIGKILL)
     proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert manifest.status(out) == "running"
     # resume with a different world size: the checkpoint lists images, not ranks
     run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report", "--resume"))
-    assert_same_results(single, out)
+    assert_same_results(reference_run, out)

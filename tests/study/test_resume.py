@@ -14,14 +14,7 @@ from vitprobe.study import manifest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole")
-    run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report"))
-    return out
-
-
-def test_sigterm_then_resume_gives_identical_counts(uninterrupted, tmp_path):
+def test_sigterm_then_resume_gives_identical_counts(reference_run, tmp_path):
     out = tmp_path / "interrupted"
     cmd = vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report",
                        "--checkpoint-every", "0")
@@ -40,11 +33,11 @@ def test_sigterm_then_resume_gives_identical_counts(uninterrupted, tmp_path):
     assert "resuming pass 1/1" in done.stderr
     assert manifest.status(out) == "complete"
     assert not (out / "checkpoint.npz").exists()
-    assert_same_results(uninterrupted, out)
+    assert_same_results(reference_run, out)
 
 
-def test_finished_run_is_not_overwritten_without_force(uninterrupted):
-    proc = subprocess.run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(uninterrupted)),
+def test_finished_run_is_not_overwritten_without_force(reference_run):
+    proc = subprocess.run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(reference_run)),
                           env=env(), capture_output=True, text=True)
     assert proc.returncode == 1 and "--force" in proc.stderr
 

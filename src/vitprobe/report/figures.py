@@ -99,7 +99,10 @@ def _caption_bowtie_rows(sublayer: str) -> Callable[[Datasets, dict], str]:
             "is a bowtie plot: the 2-D histogram of (x, y) with every x column normalised to "
             "its maximum, i.e. p(y | x) up to scale, axes in activation units. A widening of "
             "the column with |x| (a bowtie) is dependence in variance even where the "
-            f"correlation is zero. Trained model, {_n_images(manifest)}."
+            f"correlation is zero. Trained model, {_n_images(manifest)}; "
+            f"{datasets['mi'].sizes.get('bin_x', '?')} equal-frequency bins per neuron, the "
+            "MI estimator's own (chosen so that cells hold enough images on average: more "
+            "images give finer bowties)."
         )
 
     return caption

@@ -61,7 +61,7 @@ def render_page(*, title: str, meta_rows: Sequence[tuple[str, str]], banner: str
     if findings:
         parts.append("<h2>Main findings</h2><p class='meta'>Computed from the saved numbers "
                      "each time the report is drawn.</p><ul class='findings'>")
-        parts += [f"<li>{f}</li>" for f in findings]
+        parts += [f"<li>{html.escape(f)}</li>" for f in findings]
         parts.append("</ul>")
     for key, heading in sections:
         in_section = [f for f in figures if f.section == key]
