@@ -112,10 +112,16 @@ def plot_angle_distributions(
         variant: ``raw`` or ``centered`` embeddings.
         layers: 0-based layers to draw (default all in ``ds``).
         heads: draw single heads as thin lines.
+
+    The other models in ``ds`` (the random-init control) are overlaid with their own
+    angle distribution: all pairs dotted, attention-weighted (heads pooled) dashed.
     """
     models = _models(ds)
     model = model if model is not None else models[0]
     sub = _sel(ds, model).sel(variant=variant)
+    others = {m: (_sel(ds, m).sel(variant=variant)["baseline_density"].values,
+                  _pooled_density(_sel(ds, m).sel(variant=variant)))
+              for m in models if m != model}
     layers = list(sub["layer"].values) if layers is None else list(layers)
     rows, cols = _grid(len(layers))
     fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.3 * rows + 0.9), squeeze=False,
@@ -136,6 +142,9 @@ def plot_angle_distributions(
                 ax.step(x, s["attention_density"].sel(head=h).values, where="mid",
                         color=color, lw=0.5, alpha=0.35)
         ax.step(x, pooled[li], where="mid", color=color, lw=1.6)
+        for other, (baseline, density) in others.items():
+            ax.step(x, baseline[li], where="mid", color=_colors(ds)[other], lw=0.9, ls=":")
+            ax.step(x, density[li], where="mid", color=_colors(ds)[other], lw=1.0, ls="--")
         ax.axvline(90, color="k", lw=0.7, ls=":")
         shift = float(s["layer_angle_shift"].values)
         ax.set_title(f"layer {int(layers[k]) + 1}: shift {shift:+.1f}°", fontsize=9)
@@ -152,6 +161,10 @@ def plot_angle_distributions(
                Line2D([], [], color=color, lw=1.6, label="attention-weighted, heads pooled")]
     if heads:
         handles.append(Line2D([], [], color=color, lw=0.5, alpha=0.5, label="single heads"))
+    for m in others:
+        handles += [Line2D([], [], color=_colors(ds)[m], lw=0.9, ls=":", label=f"{m}: all pairs"),
+                    Line2D([], [], color=_colors(ds)[m], lw=1.0, ls="--",
+                           label=f"{m}: attention-weighted")]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
                frameon=False)
     fig.suptitle(f"Angle between query and key embeddings: {_label(ds, model)}, {variant}\n"

@@ -337,9 +337,11 @@ def plot_activation_distributions(ds: xr.Dataset, *, layers: Sequence[int] | Non
     From a :class:`~vitprobe.stats.NeuronHistograms` result: each neuron standardised
     by its calibration mean and s.d., pooled over channels (and positions unless
     ``centre_only``); the dashed curve is the standard normal. Heavier tails than the
-    normal mean positive excess kurtosis.
+    normal mean positive excess kurtosis. With a ``model`` dim, the control's
+    distribution (all layers pooled) is drawn in grey.
     """
     _need(ds, "histogram", "bin_lower", "bin_upper")
+    ds, control, control_label = _split_models(ds)
     var = "histogram_centre" if centre_only else "histogram"
     subs = [s for s in ("attn", "mlp") if s in ds.sublayer.values]
     layers = [int(v) for v in (ds.layer.values if layers is None else layers)]
@@ -349,7 +351,7 @@ def plot_activation_distributions(ds: xr.Dataset, *, layers: Sequence[int] | Non
     zc = ((lo + hi) / 2)[inner]
     w = (hi - lo)[inner]
     cmap = matplotlib.colormaps["viridis"]
-    fig = Figure(figsize=(4.4 * len(subs), 3.6))
+    fig = Figure(figsize=(4.4 * len(subs) + 1.4, 3.6))
     axes = fig.subplots(1, len(subs), squeeze=False, sharey=True)
     for ax, s in zip(axes[0], subs, strict=True):
         for layer in layers:
@@ -359,17 +361,25 @@ def plot_activation_distributions(ds: xr.Dataset, *, layers: Sequence[int] | Non
             dens = h[inner] / h.sum() / w
             ax.semilogy(zc, np.where(dens > 0, dens, np.nan),
                         color=cmap(layer / max(n_layers - 1, 1)), lw=1, label=f"layer {layer + 1}")
+        if control is not None:
+            h = control[var].sel(sublayer=s, layer=layers).sum(("layer", "channel")).values
+            h = h.astype(np.float64)
+            if h.sum() > 0:
+                dens = h[inner] / h.sum() / w
+                ax.semilogy(zc, np.where(dens > 0, dens, np.nan), color=CONTROL_COLOR, lw=1.6,
+                            alpha=0.7, label=f"{control_label} (all layers)")
         ax.semilogy(zc, np.exp(-zc**2 / 2) / np.sqrt(2 * np.pi), "k--", lw=1, label="normal")
         ax.set_title(SUBLAYER_TITLES.get(s, s))
         ax.set_xlabel("activation (calibration s.d. from the mean)")
         ax.set_ylim(bottom=max(1e-7, 0.5 / max(float(ds[var].sum()), 1.0)))
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("probability density (per s.d.)")
-    axes[0, -1].legend(fontsize=7, frameon=False, loc="upper right")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
     fig.suptitle("single-neuron activation distributions (standardised, pooled over "
                  + ("central neurons)" if centre_only else "channels and positions)"),
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
     return fig
 
 

@@ -57,7 +57,7 @@ def _mi_estimator(ds: xr.Dataset) -> str:
 
 
 def _control_note(ds: xr.Dataset) -> str:
-    return (" The random-init control is drawn in grey/dashed." if has_control(ds) else
+    return (" The random-init control is drawn in grey or dashed." if has_control(ds) else
             " No control was run (add <code>--control random-init</code>).")
 
 
@@ -111,7 +111,7 @@ def _caption_bowtie_rows(sublayer: str) -> Callable[[Datasets, dict], str]:
 def _draw_distributions(datasets: Datasets) -> Figure:
     from vitprobe.plots.neurons import plot_activation_distributions
 
-    return plot_activation_distributions(trained(datasets["histograms"]))
+    return plot_activation_distributions(datasets["histograms"])
 
 
 def _caption_distributions(datasets: Datasets, manifest: dict) -> str:
@@ -119,7 +119,7 @@ def _caption_distributions(datasets: Datasets, manifest: dict) -> str:
         "Distributions of single-neuron activations per layer (log density), each neuron "
         "standardised by its calibration mean and standard deviation and pooled over channels "
         "and positions; dashed: the standard normal. Heavier tails mean positive excess "
-        f"kurtosis. Trained model, {_n_images(manifest)}."
+        f"kurtosis. {_n_images(manifest)}." + _control_note(datasets["histograms"])
     )
 
 
