@@ -23,6 +23,10 @@ def parse_bytes(text: str | int | float) -> int:
     """``"4GB"``, ``"512MiB"``, ``2e9`` -> bytes."""
     if isinstance(text, int | float):
         return int(text)
+    try:
+        return int(float(text))  # plain numbers, also "2e9"
+    except ValueError:
+        pass
     match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?i?b?)\s*", str(text).lower())
     if not match:
         raise VitprobeError(f"cannot read memory size {text!r} (examples: 4GB, 512MiB)")

@@ -34,6 +34,8 @@ from vitprobe.study import distributed as dist
 from vitprobe.study.config import StudyConfig
 
 EXIT_INTERRUPTED = 3
+#: seconds between progress lines when stderr is not a terminal
+LOG_EVERY_S = 60.0
 
 
 class StudyInterrupted(VitprobeError):
@@ -307,7 +309,8 @@ class Study:
             bar = tqdm(total=n_remaining, desc=label, unit="img", dynamic_ncols=True,
                        postfix={"procs": world.size})
         t0 = time.perf_counter()
-        last_checkpoint = t0
+        last_checkpoint = last_log = t0
+        counted = 0
         # a batch is one chunk (skips only shrink it; a chunk skipped whole yields no batch)
         chunk_of = np.repeat(np.asarray(mine, dtype=np.int64),
                              [len(self.chunks[i]) for i in mine])
@@ -331,8 +334,17 @@ class Study:
                 due = int(now - last_checkpoint >= cfg.checkpoint_every_s)
                 stop_flag, active, due, images = dist.all_reduce_sum(
                     world, [int(bool(stop.requested)), int(batch is not None), due, n])
+                counted += images
                 if bar is not None:
                     bar.update(images)
+                elif world.is_main and images and now - last_log >= LOG_EVERY_S:
+                    # no terminal (batch jobs): a plain progress line now and then
+                    last_log = now
+                    rate = counted / max(now - t0, 1e-9)
+                    eta = (n_remaining - counted) / max(rate, 1e-9)
+                    self.log(f"pass {self.pass_index + 1}/{len(self.passes)}: {counted}/"
+                             f"{n_remaining} images, {rate:.1f} images/s over {world.size} "
+                             f"process(es), about {eta / 60:.1f} min left")
                 if stop_flag or due:
                     self.skipped = _unique(self.skipped + _skips(loader))
                     self._checkpoint(elapsed0 + now - t0)

@@ -1,0 +1,52 @@
+"""Study options: validation, memory sizes, and progress lines for batch jobs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitprobe.errors import ImageSourceError, VitprobeError
+from vitprobe.study import StudyConfig, run_study
+from vitprobe.study import runner as study_runner
+from vitprobe.study.config import parse_bytes
+
+TINY = dict(model="timm:vit_tiny_patch16_224", pretrained=False, images="stimuli:gratings",
+            batch_size=8, workers=0, calibration_images=8, report=False)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("4GB", 4e9), ("512MiB", 512 * 2**20),
+                                                 ("2e9", 2e9), (1000, 1000), ("1.5 kb", 1500)])
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == int(expected)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(VitprobeError, match="unknown analyses"):
+        StudyConfig(analyses=("moments", "entropy"))
+    with pytest.raises(VitprobeError, match="unknown control"):
+        StudyConfig(control="shuffled-weights")
+    with pytest.raises(VitprobeError, match="memory size"):
+        StudyConfig(memory_budget="lots")
+    with pytest.raises(VitprobeError, match="batch size"):
+        StudyConfig(batch_size=0)
+    assert StudyConfig().n_images == 512 and StudyConfig().is_demo
+
+
+def test_missing_images_fail_before_any_model_work(tmp_path, monkeypatch):
+    import vitprobe.models.registry
+
+    monkeypatch.setattr(vitprobe.models.registry, "load_model",
+                        lambda *a, **k: pytest.fail("model loaded before images were checked"))
+    with pytest.raises(ImageSourceError, match="nowhere"):
+        run_study(**{**TINY, "images": str(tmp_path / "nowhere")}, out=tmp_path / "out")
+
+
+def test_progress_lines_without_a_terminal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study_runner, "LOG_EVERY_S", 0.0)
+    result = run_study(**TINY, n_images=24, analyses=("moments",), out=tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "pass 1/1: 8/24 images" in err and "pass 1/1: 24/24 images" in err
+    assert err.count("24/24") == 1
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and result.n_images == 24
