@@ -30,9 +30,13 @@ class FigureSpec:
     needs: tuple[str, ...]
     draw: Callable[[Datasets], Figure]
     caption: Callable[[Datasets, dict], str]
+    #: drawn only when the result holds a control along ``model``
+    control_only: bool = False
 
     def available(self, datasets: Datasets) -> bool:
-        return all(name in datasets for name in self.needs)
+        if not all(name in datasets for name in self.needs):
+            return False
+        return not self.control_only or has_control(datasets[self.needs[0]])
 
 
 def trained(ds: xr.Dataset) -> xr.Dataset:
@@ -80,13 +84,29 @@ def _caption_mi(datasets: Datasets, manifest: dict) -> str:
     )
 
 
-def _draw_bowtie_rows(sublayer: str) -> Callable[[Datasets], Figure]:
+def control(ds: xr.Dataset) -> xr.Dataset:
+    """The control's slice (the first model that is not ``trained``)."""
+    return ds.sel(model=next(v for v in ds["model"].values if v != "trained"))
+
+
+def _draw_bowtie_rows(sublayer: str, pick=trained) -> Callable[[Datasets], Figure]:
     def draw(datasets: Datasets) -> Figure:
         from vitprobe.plots.neurons import plot_bowtie_rows
 
-        return plot_bowtie_rows(trained(datasets["mi"]), sublayer)
+        return plot_bowtie_rows(pick(datasets["mi"]), sublayer)
 
     return draw
+
+
+def _caption_bowtie_control(sublayer: str) -> Callable[[Datasets, dict], str]:
+    name = {"attn": "MHA", "mlp": "MLP"}[sublayer]
+
+    def caption(datasets: Datasets, manifest: dict) -> str:
+        return (f"The same bowtie rows as above for the random-init control ({name}), "
+                f"{_n_images(manifest)}: what the architecture alone does to the "
+                "dependence between neighbouring neurons.")
+
+    return caption
 
 
 def _caption_bowtie_rows(sublayer: str) -> Callable[[Datasets, dict], str]:
@@ -236,6 +256,12 @@ FIGURES: tuple[FigureSpec, ...] = (
                _draw_bowtie_rows("attn"), _caption_bowtie_rows("attn")),
     FigureSpec("stats", "bowties_mlp", "Bowties at growing distance: MLP", ("mi",),
                _draw_bowtie_rows("mlp"), _caption_bowtie_rows("mlp")),
+    FigureSpec("stats", "bowties_attn_control", "Bowties of the random-init control: MHA",
+               ("mi",), _draw_bowtie_rows("attn", control), _caption_bowtie_control("attn"),
+               control_only=True),
+    FigureSpec("stats", "bowties_mlp_control", "Bowties of the random-init control: MLP",
+               ("mi",), _draw_bowtie_rows("mlp", control), _caption_bowtie_control("mlp"),
+               control_only=True),
     FigureSpec("stats", "activation_distributions", "Activation distributions",
                ("histograms",), _draw_distributions, _caption_distributions),
     FigureSpec("stats", "kurtosis", "Excess kurtosis per layer", ("moments",),
