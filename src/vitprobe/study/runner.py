@@ -234,16 +234,14 @@ class Study:
         merged = self._build(self.pass_index)
         for key, acc in merged.items():
             acc.load_state_dict(gathered[0][0][key])
-            for states, _, _ in gathered[1:]:
-                other = self._build_one(key)
-                other.load_state_dict(states[key])
-                acc.merge(other)
+        for states, _, _ in gathered[1:]:
+            others = self._build(self.pass_index)
+            for key, acc in merged.items():
+                others[key].load_state_dict(states[key])
+                acc.merge(others[key])
         done = sorted({c for _, d, _ in gathered for c in d})
         skipped = [s for _, _, sk in gathered for s in sk]
         return {k: a.state_dict() for k, a in merged.items()}, done, skipped
-
-    def _build_one(self, key: str) -> Accumulator:
-        return self._build(self.pass_index)[key]
 
     def _checkpoint(self, elapsed: float) -> None:
         states, done, skipped = self._merged_states()
