@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
@@ -280,7 +279,3 @@ FIGURES: tuple[FigureSpec, ...] = (
                _draw_angle("summary"), _caption_angle("summary")),
 )
 
-
-def layer_label(layer) -> str:
-    """Figures and findings count layers from 1."""
-    return str(int(np.asarray(layer)) + 1)

@@ -72,19 +72,20 @@ def versions() -> dict[str, str]:
 
 def weights_checksum(model) -> str:
     """sha256 over the model's parameters and buffers (names, shapes, bytes), in order."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in model.model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(name.encode())
         digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes()
-                      if t.numel() else b"")
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
 def _base(study: Study) -> dict[str, Any]:
     cfg = study.config
-    ids = study.source.ids
+    ids = study.ids
     trained = study.models["trained"]
     return {
         "vitprobe_results": 1,
@@ -94,7 +95,7 @@ def _base(study: Study) -> dict[str, Any]:
         "model": {
             **{k: v for k, v in trained.describe().items() if k != "preprocess"},
             "preprocess": trained.preprocess.to_dict(),
-            "weights_sha256": weights_checksum(trained),
+            "weights_sha256": study.weights_sha256,
         },
         "control": cfg.control,
         "images": {
@@ -118,7 +119,7 @@ def write_running(out: Path, cfg, study: Study) -> None:
     manifest = _base(study) | {"status": "running",
                                "started": datetime.now(UTC).isoformat(timespec="seconds")}
     with atomic_write(out / "images.txt") as tmp:
-        tmp.write_text("\n".join(study.source.ids) + "\n")
+        tmp.write_text("\n".join(study.ids) + "\n")
     _write(out, manifest)
 
 

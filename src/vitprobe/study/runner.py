@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,9 @@ class Study:
         self.source = self.source.at_resolution(reference.preprocess.input_size,
                                                 reference.patch_size)
         self.chunks = chunk_positions(len(self.source), config.batch_size)
-        self._index_of = {sample_id: i for i, sample_id in enumerate(self.source.ids)}
+        #: identity of every selected image, in subset order (listed once: it can be long)
+        self.ids = self.source.ids
+        self._index_of = {sample_id: i for i, sample_id in enumerate(self.ids)}
         from vitprobe.study.analyses import plan_passes
 
         self.passes = plan_passes(reference, config)
@@ -129,6 +132,13 @@ class Study:
         self.finished_states: dict[str, dict[str, np.ndarray]] = {}
         self.calibration: dict[str, dict[str, np.ndarray]] = {}
         self.accumulators: dict[str, Accumulator] = {}
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """Checksum of the trained weights, for the manifest (hashed once per run)."""
+        from vitprobe.study.manifest import weights_checksum
+
+        return weights_checksum(self.models["trained"])
 
     # -- output folder rules ----------------------------------------------------------
     def _check_out_dir(self) -> None:
