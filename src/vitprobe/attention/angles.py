@@ -24,16 +24,25 @@ images, and shards merge exactly by addition (they must share the calibrated mea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Self
 
 import numpy as np
 import torch
 
-from vitprobe.attention.geometry import Scratch, attention_from_qk, layer_sums, pair_geometry
+from vitprobe.attention.geometry import (
+    LayerSums,
+    Scratch,
+    attention_from_qk,
+    compiled,
+    layer_sums,
+    pair_geometry,
+)
 from vitprobe.errors import ResultsError, VitprobeError
 from vitprobe.record.accumulator import Accumulator
 from vitprobe.record.sites import site_name
+from vitprobe.stats._common import run_parallel
 
 __all__ = ["EMBEDDINGS", "VARIANTS", "AngleAccumulator"]
 
@@ -153,7 +162,10 @@ class AngleAccumulator(Accumulator):
         #: the sites the calibration pass reads (the embeddings only)
         self.calibration_sites = tuple(site_name(layer, embedding) for layer in self.layers)
         self.device = torch.device(device) if device is not None else None
+        #: images per step of a thread on the compiled CPU path (cache-sized working set)
+        self.chunk_images = 2
         self._scratch = Scratch()
+        self._thread_scratch: list[Scratch] = []
         self._reset(self.device or torch.device("cpu"))
 
     @classmethod
@@ -289,8 +301,10 @@ class AngleAccumulator(Accumulator):
         return e
 
     def _attention(self, cache: Mapping[str, Any], layer: int, n_batch: int,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(scores, pattern, scores_writable) of one layer, recorded or formed from q, k."""
+                   device: torch.device, rows: slice, scratch: Scratch,
+                   ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(scores, pattern, scores_writable) of one layer's images ``rows``, recorded or
+        formed from q, k."""
         shape = (n_batch, self.n_heads, self.n_tokens, self.n_tokens)
         scores, pattern = (cache.get(site_name(layer, k)) for k in ("attn.scores",
                                                                      "attn.pattern"))
@@ -299,7 +313,7 @@ class AngleAccumulator(Accumulator):
                 raise VitprobeError(f"layer {layer}: attention of shape "
                                     f"{tuple(scores.shape)}, expected {shape}")
             dt = self.compute_dtype
-            return scores.to(device), pattern.to(device=device, dtype=dt), False
+            return scores[rows].to(device), pattern[rows].to(device=device, dtype=dt), False
         q, k = (cache.get(site_name(layer, kind)) for kind in ("attn.q", "attn.k"))
         if q is None or k is None:
             raise KeyError(f"recorded batch has neither attn.q/attn.k nor attn.scores/"
@@ -310,8 +324,8 @@ class AngleAccumulator(Accumulator):
         if tuple(q.shape[:3]) != shape[:3] or tuple(k.shape[:3]) != shape[:3]:
             raise VitprobeError(f"layer {layer}: queries of shape {tuple(q.shape)}, "
                                 f"expected {shape[:3]} + (d_head,)")
-        s, a = attention_from_qk(q.to(device), k.to(device), self.attn_scale,
-                                 self.compute_dtype, self._scratch)
+        s, a = attention_from_qk(q[rows].to(device), k[rows].to(device), self.attn_scale,
+                                 self.compute_dtype, scratch)
         return s, a, True
 
     @torch.no_grad()
@@ -320,7 +334,6 @@ class AngleAccumulator(Accumulator):
         if self.needs_calibration and not self.calibrated:
             raise RuntimeError("the centred variant needs calibrate() and end_calibration() "
                                "(or set_mean_token / load_state_dict) before update()")
-        dtype = self.compute_dtype
         n_batch = 0
         for li, layer in enumerate(self.layers):
             e = self._embeddings(cache, layer)
@@ -328,16 +341,55 @@ class AngleAccumulator(Accumulator):
             if n_batch == 0:
                 return
             self._to(self.device or e.device)
-            dev = self.device
-            scores, pattern, writable = self._attention(cache, layer, n_batch, dev)
-            mu = self.mean_token[li] if self.mean_token is not None else None
-            geometry = pair_geometry(e.to(device=dev, dtype=dtype), self.start, self.bins,
-                                     self.variants, mean_token=mu, scratch=self._scratch)
-            sums = layer_sums(geometry, scores, pattern, self.start, self.bins,
-                              scores_writable=writable, scratch=self._scratch)
-            for k, v in self._state.items():
-                v[li] += getattr(sums, k)
+            if not compiled(self.device):
+                sums = self._layer(cache, li, layer, n_batch, slice(None), self._scratch)
+                for k, v in self._state.items():
+                    v[li] += getattr(sums, k)
+        if n_batch and compiled(self.device):
+            self._update_compiled(cache, n_batch)
         self.n_images += n_batch
+
+    def _layer(self, cache: Mapping[str, Any], li: int, layer: int, n_batch: int,
+               rows: slice, scratch: Scratch, threads: int | None = None) -> LayerSums:
+        """Sums of layer ``layer`` over the images ``rows`` of the batch."""
+        dev = self.device
+        assert dev is not None
+        e = self._embeddings(cache, layer)[rows]
+        scores, pattern, writable = self._attention(cache, layer, n_batch, dev, rows, scratch)
+        mu = self.mean_token[li] if self.mean_token is not None else None
+        geometry = pair_geometry(e.to(device=dev, dtype=self.compute_dtype), self.start,
+                                 self.bins, self.variants, mean_token=mu, scratch=scratch,
+                                 with_bins=not compiled(dev))
+        return layer_sums(geometry, scores, pattern, self.start, self.bins,
+                          scores_writable=writable, scratch=scratch, threads=threads)
+
+    def _update_compiled(self, cache: Mapping[str, Any], n_batch: int) -> None:
+        """CPU: the images are split over threads; each thread forms the logits and the
+        geometry of a few images at a time with single-threaded torch ops and sums them
+        with the compiled kernel while they are still in its cache. (Torch's own worker
+        threads, which keep spinning for a while after each parallel op, would otherwise
+        compete with the kernel threads for the cores.)"""
+        n_threads = max(1, min(torch.get_num_threads(), n_batch))
+        while len(self._thread_scratch) < n_threads:
+            self._thread_scratch.append(Scratch())
+        bounds = [n_batch * k // n_threads for k in range(n_threads + 1)]
+        partial: list[dict[str, torch.Tensor]] = [
+            {k: torch.zeros_like(v) for k, v in self._state.items()} for _ in range(n_threads)]
+
+        def work(t: int) -> None:
+            scratch = self._thread_scratch[t]
+            for first in range(bounds[t], bounds[t + 1], self.chunk_images):
+                rows = slice(first, min(bounds[t + 1], first + self.chunk_images))
+                for li, layer in enumerate(self.layers):
+                    sums = self._layer(cache, li, layer, n_batch, rows, scratch, threads=1)
+                    for k, v in partial[t].items():
+                        v[li] += getattr(sums, k)
+
+        with _torch_threads(1):
+            run_parallel(work, n_threads, n_threads)
+        for part in partial:
+            for k, v in self._state.items():
+                v += part[k]
 
     # -- results --------------------------------------------------------------------------
     def sums(self) -> dict[str, np.ndarray]:
@@ -353,3 +405,14 @@ class AngleAccumulator(Accumulator):
             raise ValueError("no images accumulated")
         mean = None if self.mean_token is None else self.mean_token.cpu().numpy()
         return angles_dataset(self.sums(), self.config(), self.n_images, mean_token=mean)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads inside the block (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

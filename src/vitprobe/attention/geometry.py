@@ -37,9 +37,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-__all__ = ["LayerSums", "Scratch", "attention_from_qk", "layer_sums", "pair_geometry"]
+from vitprobe._jit import jit_enabled
+from vitprobe.attention._kernels import angle_sums
+from vitprobe.stats._common import resolve_threads, run_parallel
+
+__all__ = ["LayerSums", "Scratch", "attention_from_qk", "compiled", "layer_sums", "pair_geometry"]
 
 #: above this |mu|^2 / mean |e - mu|^2 the centred Gram is formed directly: the rank-two
 #: correction would lose more than two digits of the cosine to float32 cancellation
@@ -93,12 +98,12 @@ class PairGeometry:
             float64), 0 where excluded.
         joint_bin: (B, T * T) int64 joint bin ``b_0 * (K + 1) + b_1`` of the variants'
             angle bins (``b_0`` alone for one variant); ``K`` is the discard bin of
-            excluded pairs.
+            excluded pairs. None when the compiled sums bin the angles themselves.
     """
 
     cos: torch.Tensor
     theta: torch.Tensor
-    joint_bin: torch.Tensor
+    joint_bin: torch.Tensor | None
 
 
 def _inv_norm(sq: torch.Tensor) -> torch.Tensor:
@@ -115,6 +120,7 @@ def pair_geometry(
     *,
     mean_token: torch.Tensor | None = None,
     scratch: Scratch | None = None,
+    with_bins: bool = True,
 ) -> PairGeometry:
     """Cosines, angles and joint angle bins of every pair of one batch.
 
@@ -125,6 +131,8 @@ def pair_geometry(
         variants: ``("raw",)``, ``("centered",)`` or ``("raw", "centered")``.
         mean_token: (d,) the dataset mean token, needed for ``centered``.
         scratch: buffers to reuse (the result lives in them until the next call).
+        with_bins: also form ``joint_bin`` (the compiled :func:`layer_sums` bins the
+            angles itself and takes ``with_bins=False``: ``joint_bin`` is then None).
     """
     e = embeddings
     scratch = scratch or Scratch()
@@ -155,6 +163,10 @@ def pair_geometry(
                          alpha=-1.0)
     cos.clamp_(-1.0, 1.0)
     theta = torch.acos(cos, out=scratch.get("theta", shape, e.dtype, dev))
+    if not with_bins:
+        _zero_excluded(cos, start)
+        _zero_excluded(theta, start)
+        return PairGeometry(cos=cos, theta=theta, joint_bin=None)
     # bins: truncation is floor for theta >= 0; theta = pi belongs to the last bin and
     # 90 degrees is the lower edge of bin n_bins / 2
     scaled = torch.mul(theta, n_bins / math.pi, out=scratch.get("scaled", shape, e.dtype, dev))
@@ -248,6 +260,7 @@ def layer_sums(
     *,
     scores_writable: bool = False,
     scratch: Scratch | None = None,
+    threads: int | None = None,
 ) -> LayerSums:
     """Accumulate one layer of one batch.
 
@@ -259,6 +272,11 @@ def layer_sums(
         scores_writable: ``scores`` is a scratch buffer that may be overwritten (it is
             turned into the centred logits in place).
         scratch: buffers to reuse (else the centred logits need a new (B, H, T, T)).
+        threads: CPU threads over the images of the batch (default torch's count).
+
+    On CPU (unless ``VITPROBE_JIT=0``) one compiled pass over each image does all of it
+    (:func:`vitprobe.attention._kernels.angle_sums`); the torch code below is the
+    reference, and the path on accelerators.
 
     Per image and head, sums over the T^2 pairs run in the compute dtype (float32:
     relative error ~1e-7, cascade summation or BLAS); across images everything is
@@ -266,6 +284,10 @@ def layer_sums(
     so the per-query offsets (which the softmax ignores, and which can be large) do not
     cancel catastrophically.
     """
+    if geometry.joint_bin is None or compiled(scores.device):
+        if scores.device.type != "cpu":
+            raise ValueError("pair_geometry(..., with_bins=False) is for CPU tensors only")
+        return _layer_sums_compiled(geometry, scores, pattern, start, n_bins, threads)
     B, H, T, _ = scores.shape
     scratch = scratch or Scratch()
     V = geometry.cos.shape[0]
@@ -332,3 +354,54 @@ def _sq_sum(x: torch.Tensor, dim: int, keep: int) -> torch.Tensor:
     float64 over every other dim except ``keep``."""
     n2 = torch.linalg.vector_norm(x, dim=dim).to(torch.float64).square()
     return n2.sum([d for d in range(n2.dim()) if d != keep])
+
+
+def compiled(device: torch.device) -> bool:
+    """Whether :func:`layer_sums` takes the compiled path for tensors on ``device``."""
+    return device.type == "cpu" and jit_enabled()
+
+
+def _layer_sums_compiled(geometry: PairGeometry, scores: torch.Tensor, pattern: torch.Tensor,
+                         start: int, n_bins: int, threads: int | None) -> LayerSums:
+    """:func:`layer_sums` through the compiled kernel, images split over threads."""
+    B, H, T, _ = scores.shape
+    V = geometry.cos.shape[0]
+    cos, theta = geometry.cos.numpy(), geometry.theta.numpy()
+    sc, pa = (_numpy_float(t) for t in (scores, pattern))
+    n_parts = max(1, min(resolve_threads(threads), B))
+    bounds = [B * k // n_parts for k in range(n_parts + 1)]
+    parts = [{"count": np.zeros((V, n_bins + 1), np.int64), "geo": np.zeros((V, 5)),
+              "attn_hist": np.zeros((V, H, n_bins + 1)), "attn_theta": np.zeros((V, H)),
+              "logit": np.zeros((H, 3)), "dev_cos": np.zeros((V, H)),
+              "rowcos_r": np.zeros((V, H))} for _ in range(n_parts)]
+
+    def run(k: int) -> None:
+        angle_sums(cos, theta, sc, pa, start, n_bins, n_bins / math.pi, bounds[k],
+                   bounds[k + 1], **parts[k])
+
+    run_parallel(run, n_parts, n_parts)
+    tot = {k: torch.from_numpy(sum(p[k] for p in parts)) for k in parts[0]}
+    geo, logit, n_keys = tot["geo"], tot["logit"], T - start - 1
+    deg = 180.0 / math.pi
+    return LayerSums(
+        count=tot["count"][:, :n_bins],
+        sum_theta=geo[:, 0] * deg,
+        sum_theta2=geo[:, 1] * deg**2,
+        sum_cos=geo[:, 2],
+        sum_cos2=geo[:, 3],
+        sum_rowcos2=geo[:, 4],
+        attn_hist=tot["attn_hist"][..., :n_bins],
+        sum_attn_theta=tot["attn_theta"] * deg,
+        sum_logit=n_keys * logit[:, 0],
+        sum_logit2=logit[:, 2] + n_keys * logit[:, 1],
+        sum_dev2=logit[:, 2],
+        sum_logit_cos=tot["dev_cos"] + tot["rowcos_r"],
+        sum_dev_cos=tot["dev_cos"],
+    )
+
+
+def _numpy_float(t: torch.Tensor) -> np.ndarray:
+    """A contiguous float32/float64 numpy view of a CPU tensor (a copy where needed)."""
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t.contiguous().numpy()

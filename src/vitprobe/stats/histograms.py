@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vitprobe._jit import jit_enabled
 from vitprobe.record.accumulator import Accumulator
 from vitprobe.stats._common import (
     LAYER_ATTRS,
@@ -41,6 +42,7 @@ from vitprobe.stats._common import (
     resolve_threads,
     run_parallel,
 )
+from vitprobe.stats._kernels import histogram_update
 from vitprobe.stats.layout import Group, NeuronLayout
 from vitprobe.stats.moments import batch_moments, combine_moments
 
@@ -191,12 +193,18 @@ class NeuronHistograms(Accumulator):
     def _update_numpy(self, gi: int, x: torch.Tensor, chunk: int = 1 << 18) -> None:
         """CPU path: z = x a + c0 (a = scale / sigma, c0 folds mu and the +1 offset of
         the underflow bin), clipped to [0, n_bins + 1] so truncation is the floor,
-        then one bincount per chunk."""
+        then one bincount per chunk (the reference, ``VITPROBE_JIT=0``), or the same
+        arithmetic in the compiled kernel."""
         assert self.hist is not None and self.hist_centre is not None
         b, p, c = x.shape
         k = self.n_bins + 2
         a, c0, off = self._numpy_tables()
         xn = as_float32_numpy(x).reshape(b, p * c)
+        cp = self.layout.centre_position
+        if jit_enabled():
+            histogram_update(xn, a[gi], c0[gi], c, cp, self.hist[gi].numpy(),
+                             self.hist_centre[gi].numpy())
+            return
         h = self.hist[gi].numpy().reshape(-1)
         cols = max(1, chunk // b)
         z = np.empty((b, cols), dtype=np.float32)
@@ -210,7 +218,6 @@ class NeuronHistograms(Accumulator):
             js[...] = zs
             js += off[s : s + w]
             h += np.bincount(js.reshape(-1), minlength=c * k)
-        cp = self.layout.centre_position
         zc = xn[:, cp * c : (cp + 1) * c] * a[gi, cp * c : (cp + 1) * c] \
             + c0[gi, cp * c : (cp + 1) * c]
         jc = np.clip(zc, 0.0, float(k - 1)).astype(np.intp) + off[:c]

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vitprobe._jit import jit_enabled
 from vitprobe.record.accumulator import Accumulator
 from vitprobe.stats._common import (
     as_float32_numpy,
@@ -58,6 +59,7 @@ from vitprobe.stats._common import (
     resolve_threads,
     run_parallel,
 )
+from vitprobe.stats._kernels import joint_update
 from vitprobe.stats.binning import digitize, edge_ranks
 from vitprobe.stats.layout import Group, NeuronLayout
 
@@ -346,7 +348,8 @@ class JointCounts(Accumulator):
             self._update_group_torch(gi, x)
 
     def _update_group_numpy(self, gi: int, x: torch.Tensor) -> None:
-        """CPU path: numpy index arithmetic, torch ``index_add_`` for the scatter."""
+        """CPU path: the compiled kernel, or numpy index arithmetic and torch
+        ``index_add_`` for the scatter (the reference, ``VITPROBE_JIT=0``)."""
         assert self._edges_np is not None
         b, p, c = x.shape
         nb = self.bins
@@ -357,6 +360,10 @@ class JointCounts(Accumulator):
         idt = np.int64 if main.numel() >= 2**31 else np.int32
         e = self._edges_np[gi].reshape(nb - 1, p * c)
         scratch = self._scratch(gi, b, p * c, idt)
+        if jit_enabled():
+            joint_update(xn, e, half, cp, main.numpy(), self.null_idx, self.null[gi].numpy(),
+                         self.cross, self.cross_counts[gi].numpy(), scratch["ids"])
+            return
         idn = digitize(xn, e, layout="col", out=scratch["ids"]).reshape(b, p, c)
         xc = idn[:, cp, :].astype(idt)  # (b, C) central bins
         # layout (H, C, B_x, P, B_y): flat = (((h C + c) B + x) P + p) B + y, enumerated

@@ -39,6 +39,7 @@ import torch
 import xarray as xr
 from scipy.stats import chi2
 
+from vitprobe._jit import jit_enabled
 from vitprobe.record.accumulator import Accumulator
 from vitprobe.stats._common import (
     LAYER_ATTRS,
@@ -53,6 +54,7 @@ from vitprobe.stats._common import (
     resolve_threads,
     run_parallel,
 )
+from vitprobe.stats._kernels import moments_update
 from vitprobe.stats.layout import Group, NeuronLayout
 
 __all__ = ["NeuronMoments", "combine_moments"]
@@ -200,13 +202,17 @@ class NeuronMoments(Accumulator):
         self.n += nb
 
     def _update_numpy(self, gi: int, x: torch.Tensor) -> None:
-        """CPU path: chunked numpy kernels, state updated in place."""
+        """CPU path: the compiled one-pass kernel, or chunked numpy (the reference,
+        ``VITPROBE_JIT=0``); state updated in place."""
         assert self._state is not None
         b = x.shape[0]
         xn = as_float32_numpy(x).reshape(b, -1) if x.dtype != torch.float64 \
             else x.contiguous().numpy().reshape(b, -1)
-        mb, m2b, m3b, m4b = batch_moments_numpy(xn)
         st = [t[gi].numpy().reshape(-1) for t in self._state]
+        if jit_enabled():
+            moments_update(xn, float(self.n), *st)
+            return
+        mb, m2b, m3b, m4b = batch_moments_numpy(xn)
         new = combine_moments((float(self.n), st[0], st[1], st[2], st[3]),
                               (float(b), mb, m2b, m3b, m4b))
         for k in range(4):

@@ -1,0 +1,215 @@
+"""Compiled CPU kernels of the neuron accumulators (see :mod:`vitprobe._jit`).
+
+:func:`joint_update` fuses what :meth:`JointCounts._update_group_numpy` does in numpy
+passes: the bin id of every activation (``#{k : e_k <= x}``, the rule of
+:func:`vitprobe.stats.binning.digitize`, so NaN falls in bin 0 on both paths) and the
+increments of the main, null and cross-pair counts. Loop orders are chosen for the
+caches: edges are read in blocks of neurons that stay in L2 while every image of the
+batch is binned against them, and counts are incremented channel by channel so the
+``B x H`` rows of one channel, (P, B_y) each, are reused by all images of the batch.
+:func:`histogram_update` and :func:`moments_update` are the one-pass versions of
+:class:`~vitprobe.stats.NeuronHistograms` and :class:`~vitprobe.stats.NeuronMoments`'
+numpy updates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vitprobe._jit import njit
+
+__all__ = ["digitize_rows", "histogram_update", "joint_update", "moments_update"]
+
+#: neurons per block of the binning loop: block edges (B-1 x 2048 float32, 120 kB at
+#: B = 16) stay in L2 while every image of the batch is binned against them
+_BLOCK = 2048
+
+
+@njit
+def digitize_rows(x: np.ndarray, edges: np.ndarray, ids: np.ndarray) -> None:
+    """``ids[i, v] = #{k : edges[k, v] <= x[i, v]}`` for x (N, V), edges (B-1, V), ids uint8.
+
+    ``x`` may be a strided view (rows of a larger recorded batch), edges and ids must be
+    C-contiguous.
+    """
+    n, v = x.shape
+    nb1 = edges.shape[0]
+    m = min(v, _BLOCK)
+    # comparisons are summed in a local int32 block, and each image's values copied into
+    # a local contiguous block first: the compiler then knows the arrays are contiguous
+    # and do not alias, and vectorises the k-j loop (about 8x faster than without)
+    acc = np.zeros(m, np.int32)
+    xb = np.zeros(m, np.float32)
+    for s in range(0, v, _BLOCK):
+        w = min(v, s + _BLOCK) - s
+        a = acc[:w]
+        xw = xb[:w]
+        for i in range(n):
+            xw[:] = x[i, s : s + w]
+            a[:] = 0
+            for k in range(nb1):
+                ek = edges[k, s : s + w]
+                for j in range(w):
+                    a[j] += np.int32(xw[j] >= ek[j])
+            ids[i, s : s + w] = a
+
+
+@njit
+def joint_update(x: np.ndarray, edges: np.ndarray, half: np.ndarray, centre: int,
+                 counts: np.ndarray, null_idx: np.ndarray, null: np.ndarray,
+                 cross: np.ndarray, cross_counts: np.ndarray, ids: np.ndarray) -> None:
+    """Bin one group's batch and add its pairs to the counts, in place.
+
+    Args:
+        x: (b, P * C) float32 activations (position-major, channel fastest).
+        edges: (B - 1, P * C) float32 calibrated edges.
+        half: (b,) int64 split half of each image (0 without split halves).
+        centre: index of the central position.
+        counts: (H, C, B_x, P, B_y) int16 or int32 main counts.
+        null_idx: (C_null,) int64 channels with shuffled-pair counts.
+        null: (C_null, B_x, P, B_y) int32; image i's centre against image i+1's
+            positions (the last image pairs with the first); skipped when b < 2.
+        cross: (K, 3) int64 rows (channel_x, channel_y, position).
+        cross_counts: (H, K, B_x, B_y) int32.
+        ids: (b, P * C) uint8 scratch for the bin ids.
+    """
+    digitize_rows(x, edges, ids)
+    b = x.shape[0]
+    n_chan = counts.shape[1]
+    n_pos = counts.shape[3]
+    c0 = centre * n_chan
+    for c in range(n_chan):
+        for i in range(b):
+            row = counts[half[i], c, ids[i, c0 + c]]
+            idi = ids[i]
+            for p in range(n_pos):
+                row[p, idi[p * n_chan + c]] += 1
+    if b >= 2:
+        for n in range(null_idx.shape[0]):
+            c = null_idx[n]
+            for i in range(b):
+                row = null[n, ids[i, c0 + c]]
+                nxt = ids[(i + 1) % b]
+                for p in range(n_pos):
+                    row[p, nxt[p * n_chan + c]] += 1
+    for k in range(cross.shape[0]):
+        cx, cy, p = cross[k, 0], cross[k, 1], cross[k, 2]
+        for i in range(b):
+            cross_counts[half[i], k, ids[i, c0 + cx], ids[i, p * n_chan + cy]] += 1
+
+
+@njit
+def histogram_update(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, n_chan: int,
+                     centre: int, hist: np.ndarray, hist_centre: np.ndarray) -> None:
+    """Add one group's batch to the standardised histograms, in place.
+
+    Args:
+        x: (b, P * C) float32 activations (position-major, channel fastest).
+        scale, offset: (P * C,) float32; ``z = x * scale + offset`` is the bin
+            coordinate (underflow bin 0 at z < 1), truncated after clipping to
+            ``[0, K - 1]``; NaN counts as underflow.
+        n_chan: channels C.
+        centre: index of the central position.
+        hist, hist_centre: (C, K) int64 counts of all positions / the centre.
+    """
+    b, v = x.shape
+    top = np.float32(hist.shape[1] - 1)
+    zero = np.float32(0.0)
+    n_pos = v // n_chan
+    for i in range(b):
+        for p in range(n_pos):
+            base = p * n_chan
+            for c in range(n_chan):
+                j = base + c
+                z = x[i, j] * scale[j] + offset[j]
+                if not z >= zero:
+                    z = zero
+                elif z > top:
+                    z = top
+                k = int(z)
+                hist[c, k] += 1
+                if p == centre:
+                    hist_centre[c, k] += 1
+
+
+@njit
+def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarray,
+                   m3: np.ndarray, m4: np.ndarray, vmin: np.ndarray, vmax: np.ndarray) -> None:
+    """Fold one batch into running per-neuron moments, in place.
+
+    Two passes over the batch in float64 (its mean, then centred power sums), then
+    Pebay's pairwise combination with the running state (the formulas of
+    :func:`vitprobe.stats.moments.combine_moments`). NaN propagates into min / max
+    as with ``numpy.minimum``.
+
+    Args:
+        x: (b, V) float32 or float64 batch.
+        n_prev: images already in the state.
+        mean, m2, m3, m4, vmin, vmax: (V,) float64 state.
+    """
+    b, v = x.shape
+    m = min(v, _BLOCK)
+    # each block is first copied into a contiguous float64 buffer: x is usually a
+    # strided view (patch rows of a recorded batch), and loops over contiguous local
+    # arrays are the ones the compiler vectorises
+    xb = np.zeros((b, m))
+    s1 = np.zeros(m)
+    s2 = np.zeros(m)
+    s3 = np.zeros(m)
+    s4 = np.zeros(m)
+    lo = np.zeros(m)
+    hi = np.zeros(m)
+    nb = float(b)
+    na = n_prev
+    n = na + nb
+    for s in range(0, v, _BLOCK):
+        w = min(v, s + _BLOCK) - s
+        for i in range(b):
+            xb[i, :w] = x[i, s : s + w]
+        s1[:w] = 0.0
+        lo[:w] = np.inf
+        hi[:w] = -np.inf
+        for i in range(b):
+            xi = xb[i, :w]
+            for j in range(w):
+                val = xi[j]
+                s1[j] += val
+                lo[j] = min(lo[j], val)
+                hi[j] = max(hi[j], val)
+        for j in range(w):
+            s1[j] /= nb
+            if s1[j] != s1[j]:  # rare: NaN input (or +inf and -inf) in this column
+                for i in range(b):
+                    if xb[i, j] != xb[i, j]:
+                        lo[j] = hi[j] = np.nan
+        s2[:w] = 0.0
+        s3[:w] = 0.0
+        s4[:w] = 0.0
+        for i in range(b):
+            xi = xb[i, :w]
+            for j in range(w):
+                d = xi[j] - s1[j]
+                d2 = d * d
+                s2[j] += d2
+                s3[j] += d2 * d
+                s4[j] += d2 * d2
+        for j in range(w):
+            q = s + j
+            if lo[j] < vmin[q] or lo[j] != lo[j]:
+                vmin[q] = lo[j]
+            if hi[j] > vmax[q] or hi[j] != hi[j]:
+                vmax[q] = hi[j]
+            if na == 0.0:
+                mean[q], m2[q], m3[q], m4[q] = s1[j], s2[j], s3[j], s4[j]
+                continue
+            ma, m2a, m3a, m4a = mean[q], m2[q], m3[q], m4[q]
+            mb, m2b, m3b, m4b = s1[j], s2[j], s3[j], s4[j]
+            d = mb - ma
+            d2 = d * d
+            mean[q] = ma + d * (nb / n)
+            m2[q] = m2a + m2b + d2 * (na * nb / n)
+            m3[q] = (m3a + m3b + d2 * d * (na * nb * (na - nb) / n**2)
+                     + 3.0 * d * (na * m2b - nb * m2a) / n)
+            m4[q] = (m4a + m4b + d2 * d2 * (na * nb * (na * na - na * nb + nb * nb) / n**3)
+                     + 6.0 * d2 * (na * na * m2b + nb * nb * m2a) / n**2
+                     + 4.0 * d * (na * m3b - nb * m3a) / n)

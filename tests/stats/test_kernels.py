@@ -1,0 +1,76 @@
+"""Compiled CPU kernels (numba) against the numpy/torch reference paths (VITPROBE_JIT=0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vitprobe._jit import jit_enabled
+from vitprobe.stats import JointCounts, NeuronHistograms, NeuronLayout, NeuronMoments
+
+pytestmark = pytest.mark.skipif(not jit_enabled(), reason="numba not installed")
+
+LAYOUT = NeuronLayout(n_layers=2, d_model=24, grid=(7, 6), n_prefix=2, sublayers=("attn", "mlp"))
+
+
+def batch(b: int, seed: int, *, nan: bool = False) -> dict[str, torch.Tensor]:
+    """Heavy-tailed activations (cubed Gaussians) with a strided patch block, as recorded."""
+    g = torch.Generator().manual_seed(seed)
+    n_tok = LAYOUT.n_positions + 2
+    cache = {f"blocks.{layer}.{s}.out": (torch.randn(b, n_tok, 24, generator=g) * 2 + 0.5) ** 3
+             for layer, s in LAYOUT.groups()}
+    if nan:
+        cache["blocks.1.mlp.out"][0, 5, 3] = float("nan")
+    cache["image_index"] = torch.arange(seed * 100, seed * 100 + b)
+    return cache
+
+
+def run(mode: str, monkeypatch, make, batches, calibrate=None):
+    monkeypatch.setenv("VITPROBE_JIT", mode)
+    acc = make()
+    if calibrate is not None:
+        acc.calibrate(calibrate)
+        acc.end_calibration()
+    for c in batches:
+        acc.update(c)
+    return acc.state_dict()
+
+
+@pytest.mark.parametrize("bins", [4, 16])
+def test_joint_counts_kernel_equals_reference(monkeypatch, bins):
+    def make():
+        return JointCounts(LAYOUT, bins, calibration_images=40, null_channels=5,
+                           cross_pairs_per_distance=3)
+
+    batches = [batch(9, 1, nan=True), batch(16, 2), batch(1, 3)]  # b = 1: no null pairs
+    got = run("1", monkeypatch, make, batches, batch(40, 9))
+    ref = run("0", monkeypatch, make, batches, batch(40, 9))
+    assert got.keys() == ref.keys()
+    for k in got:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    assert got["counts_3"].sum() == 26 * LAYOUT.n_positions * 24  # every pair counted once
+
+
+def test_moments_kernel_equals_reference(monkeypatch):
+    batches = [batch(7, 1), batch(32, 2, nan=True), batch(1, 3)]
+    got = run("1", monkeypatch, lambda: NeuronMoments(LAYOUT), batches)
+    ref = run("0", monkeypatch, lambda: NeuronMoments(LAYOUT), batches)
+    for k in got:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, atol=0, equal_nan=True,
+                                   err_msg=k)
+    nan_neuron = (3, 3 * 24 + 3)  # group 3 = (1, mlp); patch position 3, channel 3
+    assert np.isnan(got["minimum"].reshape(4, -1)[nan_neuron])
+    assert np.isfinite(got["minimum"]).sum() == got["minimum"].size - 1
+
+
+def test_histogram_kernel_equals_reference(monkeypatch):
+    def make():
+        return NeuronHistograms(LAYOUT, n_bins=20, z_range=3.0)
+
+    batches = [batch(7, 1), batch(32, 2), batch(1, 3)]
+    got = run("1", monkeypatch, make, batches, batch(40, 9))
+    ref = run("0", monkeypatch, make, batches, batch(40, 9))
+    for k in got:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    assert got["hist"][0].sum() == 40 * LAYOUT.n_positions * 24  # outer bins catch the tails
