@@ -8,9 +8,12 @@ from L1 by all heads; sums run in float64 as they go (the torch reference sums e
 image row in the compute dtype first), with reassociation allowed so that the
 reductions vectorise.
 
-Excluded pairs (prefix tokens, the diagonal) hold cos = theta = 0 in the geometry, so
-loops run over every key from ``start``; the diagonal goes to a discard bin and the
-logit terms subtract it explicitly.
+The kernel takes the raw cosines of a float32 batch: per query row it clamps them to
+[-1, 1], sets the diagonal to cos = theta = 0 (it is not a pair; its bin is a discard
+bin), takes the angle with a float32 arccos (Cephes ``acosf``, within 2.5e-7 relative of
+the exact value; torch's float32 ``acos`` is within about 1e-7) and bins it, into row
+buffers that stay in L1 for the heads. Keys run from ``start``, so prefix tokens are
+never read as keys; the logit terms subtract the diagonal explicitly.
 """
 
 from __future__ import annotations
@@ -19,28 +22,68 @@ import numpy as np
 
 from vitprobe._jit import njit
 
-__all__ = ["angle_sums"]
+__all__ = ["acos32", "angle_sums", "exp32"]
 
 #: interleaved copies of each attention histogram: neighbouring keys often share an angle
 #: bin, and alternating copies breaks the chain of dependent read-modify-writes
 _LANES = 4
 
 
+@njit
+def acos32(x: np.float32) -> np.float32:
+    """arccos of a float32 in [-1, 1] (Cephes ``acosf``): branch-free, so loops of it
+    vectorise. ``|x| > 1/2`` uses ``acos x = 2 asin sqrt((1 - |x|) / 2)`` (mirrored for
+    ``x < 0``), else ``pi / 2 - asin x``, with Cephes' ``asinf`` polynomial."""
+    a = abs(x)
+    big = a > np.float32(0.5)
+    z = np.float32(0.5) * (np.float32(1.0) - a) if big else a * a
+    s = np.sqrt(z) if big else a
+    p = ((((np.float32(4.2163199048e-2) * z + np.float32(2.4181311049e-2)) * z
+           + np.float32(4.5470025998e-2)) * z + np.float32(7.4953002686e-2)) * z
+         + np.float32(1.6666752422e-1)) * z * s + s  # asin(s)
+    if big:
+        return np.float32(2.0) * p if x > 0 else np.float32(np.pi) - np.float32(2.0) * p
+    return np.float32(np.pi / 2) - (p if x >= 0 else -p)
+
+
+#: 2**k for k = -127..1 (index k + 127), the exponent part of exp32
+_POW2 = np.array([2.0**k for k in range(-127, 2)], np.float32)
+
+
+@njit
+def exp32(x: np.float32) -> np.float32:
+    """exp of a float32 ``x <= 0`` (softmax arguments after the row maximum), Cephes
+    ``expf``: branch-free, so loops of it vectorise. ``exp x = 2^k e^r`` with
+    ``k = round(x / ln 2)`` and ``r = x - k ln 2`` (ln 2 in two parts, so ``r`` is exact
+    to float32), ``e^r`` by Cephes' polynomial (about 1 ulp) and ``2^k`` from a table;
+    below ``-87`` (under the float32 normal range) the result is 0."""
+    xc = max(x, np.float32(-87.0))
+    k = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = xc - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+    p = (((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r
+            + np.float32(8.3334519073e-3)) * r + np.float32(4.1665795894e-2)) * r
+          + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)) * (r * r) \
+        + r + np.float32(1.0)
+    return p * _POW2[int(k) + 127] if x > np.float32(-87.0) else np.float32(0.0)
+
+
 @njit(reassoc=True)
-def angle_sums(cos: np.ndarray, theta: np.ndarray, scores: np.ndarray, pattern: np.ndarray,
-               start: int, n_bins: int, bin_scale: float, first: int, stop: int,
-               count: np.ndarray, geo: np.ndarray, attn_hist: np.ndarray,
-               attn_theta: np.ndarray, logit: np.ndarray, dev_cos: np.ndarray,
-               rowcos_r: np.ndarray) -> None:
+def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: int,
+               n_bins: int, bin_scale: float, first: int, stop: int, count: np.ndarray,
+               geo: np.ndarray, attn_hist: np.ndarray, attn_theta: np.ndarray,
+               logit: np.ndarray, dev_cos: np.ndarray, rowcos_r: np.ndarray) -> None:
     """Add images ``first..stop-1`` of one layer to the output sums, in place.
 
     Args:
-        cos, theta: (V, B, T, T) cosines and angles (radians) of the pairs, 0 where
-            excluded.
-        scores, pattern: (B, H, T, T) logits and attention probabilities.
+        cos: (V, B, T, T) float32 cosines of the token pairs, not yet clamped (the
+            Gram matrix of unit tokens, or its centred correction).
+        scores: (B, H, T, T) float32 logits.
+        pattern: (B, H, T, T) attention probabilities, or an empty array: then every
+            row is the softmax of its logits over all T keys, formed here with
+            :func:`exp32` (within 2.5e-7 relative of the exact softmax).
         start: first selected token.
-        n_bins: angle bins K; a pair's bin is ``min(int(theta * bin_scale), K - 1)`` in
-            the dtype of ``theta`` (as :func:`~vitprobe.attention.geometry.pair_geometry`).
+        n_bins: angle bins K; a pair's bin is ``min(int(theta * bin_scale), K - 1)``
+            (as :func:`~vitprobe.attention.geometry.pair_geometry`).
         bin_scale: ``K / pi``.
         first, stop: the images to add.
         count: (V, K + 1) int64 pairs per angle bin (the last column: discarded pairs).
@@ -58,21 +101,35 @@ def angle_sums(cos: np.ndarray, theta: np.ndarray, scores: np.ndarray, pattern: 
     n_heads = scores.shape[1]
     n_keys = n_tok - start - 1
     w = n_tok - start
-    # sums over one row of keys run in the compute dtype (as the torch reference does:
-    # twice the SIMD lanes in float32), everything across rows in float64
-    ft = theta.dtype.type
-    zero = ft(0.0)
-    scale = ft(bin_scale)
+    # sums over one row of keys run in float32 (as the torch reference does: twice the
+    # SIMD lanes of float64), everything across rows in float64
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    scale = np.float32(bin_scale)
     last = n_bins - 1
     rowcos = np.zeros(n_var)
+    crows = np.zeros((n_var, w), np.float32)
+    trows = np.zeros((n_var, w), np.float32)
     bins = np.zeros((n_var, w), np.int64)
+    own_softmax = pattern.size == 0
+    prob = np.zeros(n_tok, np.float32)
     lanes = np.zeros((n_var, n_heads, _LANES, n_bins + 1))
     for b in range(first, stop):
         for i in range(start, n_tok):
             for v in range(n_var):
-                crow = cos[v, b, i, start:]
-                trow = theta[v, b, i, start:]
+                src = cos[v, b, i, start:]
+                crow = crows[v]
+                trow = trows[v]
                 brow = bins[v]
+                for j in range(w):
+                    c = min(max(src[j], -one), one)
+                    t = acos32(c)
+                    crow[j] = c
+                    trow[j] = t
+                    brow[j] = min(int(t * scale), last)
+                crow[i - start] = zero  # the diagonal is not a pair
+                trow[i - start] = zero
+                brow[i - start] = n_bins
                 rs = zero
                 st = zero
                 st2 = zero
@@ -84,8 +141,6 @@ def angle_sums(cos: np.ndarray, theta: np.ndarray, scores: np.ndarray, pattern: 
                     sc2 += c * c
                     st += t
                     st2 += t * t
-                    brow[j] = min(int(t * scale), last)
-                brow[i - start] = n_bins  # the diagonal: discard bin
                 rowcos[v] = rs
                 geo[v, 0] += st
                 geo[v, 1] += st2
@@ -97,13 +152,27 @@ def angle_sums(cos: np.ndarray, theta: np.ndarray, scores: np.ndarray, pattern: 
                     cnt[brow[j]] += 1
             for h in range(n_heads):
                 srow = scores[b, h, i, start:]
-                arow = pattern[b, h, i, start:]
+                if own_softmax:
+                    full = scores[b, h, i]
+                    top = full[0]
+                    for j in range(n_tok):
+                        top = max(top, full[j])
+                    norm = zero
+                    for j in range(n_tok):
+                        prob[j] = exp32(full[j] - top)
+                        norm += prob[j]
+                    inv = one / norm
+                    for j in range(n_tok):
+                        prob[j] *= inv
+                    arow = prob[start:]
+                else:
+                    arow = pattern[b, h, i, start:]
                 tot = zero
                 for j in range(w):
                     tot += srow[j]
                 diag = scores[b, h, i, i]
                 r = (np.float64(tot) - np.float64(diag)) / n_keys
-                rf = ft(r)  # centred in the compute dtype, like the torch reference
+                rf = np.float32(r)  # centred in float32, like the torch reference
                 dd = np.float64(diag - rf)
                 d2 = zero
                 for j in range(w):
@@ -113,12 +182,12 @@ def angle_sums(cos: np.ndarray, theta: np.ndarray, scores: np.ndarray, pattern: 
                 logit[h, 1] += r * r
                 logit[h, 2] += np.float64(d2) - dd * dd  # the diagonal is not a pair
                 for v in range(n_var):
-                    crow = cos[v, b, i, start:]
-                    trow = theta[v, b, i, start:]
+                    crow = crows[v]
+                    trow = trows[v]
                     dc = zero
                     at = zero
                     for j in range(w):
-                        # cos_ii = theta_ii = 0: the diagonal adds nothing
+                        # the diagonal's cos and theta are 0: it adds nothing
                         dc += (srow[j] - rf) * crow[j]
                         at += arow[j] * trow[j]
                     dev_cos[v, h] += dc

@@ -163,7 +163,7 @@ class AngleAccumulator(Accumulator):
         self.calibration_sites = tuple(site_name(layer, embedding) for layer in self.layers)
         self.device = torch.device(device) if device is not None else None
         #: images per step of a thread on the compiled CPU path (cache-sized working set)
-        self.chunk_images = 2
+        self.chunk_images = 8
         self._scratch = Scratch()
         self._thread_scratch: list[Scratch] = []
         self._reset(self.device or torch.device("cpu"))
@@ -302,9 +302,9 @@ class AngleAccumulator(Accumulator):
 
     def _attention(self, cache: Mapping[str, Any], layer: int, n_batch: int,
                    device: torch.device, rows: slice, scratch: Scratch,
-                   ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """(scores, pattern, scores_writable) of one layer's images ``rows``, recorded or
-        formed from q, k."""
+        formed from q, k (pattern None: the compiled sums take the softmax themselves)."""
         shape = (n_batch, self.n_heads, self.n_tokens, self.n_tokens)
         scores, pattern = (cache.get(site_name(layer, k)) for k in ("attn.scores",
                                                                      "attn.pattern"))
@@ -325,7 +325,8 @@ class AngleAccumulator(Accumulator):
             raise VitprobeError(f"layer {layer}: queries of shape {tuple(q.shape)}, "
                                 f"expected {shape[:3]} + (d_head,)")
         s, a = attention_from_qk(q[rows].to(device), k[rows].to(device), self.attn_scale,
-                                 self.compute_dtype, scratch)
+                                 self.compute_dtype, scratch,
+                                 softmax=not compiled(device, self.compute_dtype))
         return s, a, True
 
     @torch.no_grad()
@@ -341,11 +342,11 @@ class AngleAccumulator(Accumulator):
             if n_batch == 0:
                 return
             self._to(self.device or e.device)
-            if not compiled(self.device):
+            if not compiled(self.device, self.compute_dtype):
                 sums = self._layer(cache, li, layer, n_batch, slice(None), self._scratch)
                 for k, v in self._state.items():
                     v[li] += getattr(sums, k)
-        if n_batch and compiled(self.device):
+        if n_batch and compiled(self.device, self.compute_dtype):
             self._update_compiled(cache, n_batch)
         self.n_images += n_batch
 
@@ -359,7 +360,7 @@ class AngleAccumulator(Accumulator):
         mu = self.mean_token[li] if self.mean_token is not None else None
         geometry = pair_geometry(e.to(device=dev, dtype=self.compute_dtype), self.start,
                                  self.bins, self.variants, mean_token=mu, scratch=scratch,
-                                 with_bins=not compiled(dev))
+                                 cosines_only=compiled(dev, self.compute_dtype))
         return layer_sums(geometry, scores, pattern, self.start, self.bins,
                           scores_writable=writable, scratch=scratch, threads=threads)
 

@@ -98,11 +98,14 @@ class PairGeometry:
             float64), 0 where excluded.
         joint_bin: (B, T * T) int64 joint bin ``b_0 * (K + 1) + b_1`` of the variants'
             angle bins (``b_0`` alone for one variant); ``K`` is the discard bin of
-            excluded pairs. None when the compiled sums bin the angles themselves.
+            excluded pairs.
+
+    With ``pair_geometry(..., cosines_only=True)``, ``cos`` is not yet clamped or
+    zeroed and ``theta`` and ``joint_bin`` are None.
     """
 
     cos: torch.Tensor
-    theta: torch.Tensor
+    theta: torch.Tensor | None
     joint_bin: torch.Tensor | None
 
 
@@ -120,7 +123,7 @@ def pair_geometry(
     *,
     mean_token: torch.Tensor | None = None,
     scratch: Scratch | None = None,
-    with_bins: bool = True,
+    cosines_only: bool = False,
 ) -> PairGeometry:
     """Cosines, angles and joint angle bins of every pair of one batch.
 
@@ -131,8 +134,9 @@ def pair_geometry(
         variants: ``("raw",)``, ``("centered",)`` or ``("raw", "centered")``.
         mean_token: (d,) the dataset mean token, needed for ``centered``.
         scratch: buffers to reuse (the result lives in them until the next call).
-        with_bins: also form ``joint_bin`` (the compiled :func:`layer_sums` bins the
-            angles itself and takes ``with_bins=False``: ``joint_bin`` is then None).
+        cosines_only: stop after the cosines (not yet clamped to [-1, 1], excluded
+            pairs not zeroed; ``theta`` and ``joint_bin`` are None): the compiled
+            :func:`layer_sums` does the rest row by row.
     """
     e = embeddings
     scratch = scratch or Scratch()
@@ -161,12 +165,10 @@ def pair_geometry(
             # subtract p_i s_j + s_i p_j in one batched rank-two product
             out.baddbmm_(torch.stack([p, s], -1), torch.stack([s, p], -1).transpose(1, 2),
                          alpha=-1.0)
+    if cosines_only:
+        return PairGeometry(cos=cos, theta=None, joint_bin=None)
     cos.clamp_(-1.0, 1.0)
     theta = torch.acos(cos, out=scratch.get("theta", shape, e.dtype, dev))
-    if not with_bins:
-        _zero_excluded(cos, start)
-        _zero_excluded(theta, start)
-        return PairGeometry(cos=cos, theta=theta, joint_bin=None)
     # bins: truncation is floor for theta >= 0; theta = pi belongs to the last bin and
     # 90 degrees is the lower edge of bin n_bins / 2
     scaled = torch.mul(theta, n_bins / math.pi, out=scratch.get("scaled", shape, e.dtype, dev))
@@ -190,13 +192,16 @@ def attention_from_qk(
     scale: float,
     dtype: torch.dtype,
     scratch: Scratch,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    *,
+    softmax: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(q * scale) k^T`` and their softmax, written into reusable buffers.
 
     As :class:`vitprobe.record.Recorder` forms them, except that the scale multiplies the
     (small) queries rather than the (B, H, T, T) logits: bit-identical when the scale is
     a power of two (d_head = 64, 16, ...), else within a rounding. Every tensor lives in
     ``scratch`` (q, k: (B, H, T, d_head); returns (B, H, T, T) logits and attention).
+    ``softmax=False`` returns the logits and None (the compiled sums form the softmax).
     """
     B, H, T, dh = q.shape
     dev = q.device
@@ -204,6 +209,8 @@ def attention_from_qk(
     kc = scratch.get("k", (B, H, T, dh), dtype, dev).copy_(k)  # contiguous: BLAS reads k^T
     scores = torch.matmul(qs, kc.transpose(-1, -2),
                           out=scratch.get("scores", (B, H, T, T), dtype, dev))
+    if not softmax:
+        return scores, None
     pattern = scratch.get("pattern", (B, H, T, T), dtype, dev)
     torch.ops.aten._softmax.out(scores, -1, False, out=pattern)
     return scores, pattern
@@ -254,7 +261,7 @@ def _marginals(joint: torch.Tensor, n_bins: int, V: int) -> torch.Tensor:
 def layer_sums(
     geometry: PairGeometry,
     scores: torch.Tensor,
-    pattern: torch.Tensor,
+    pattern: torch.Tensor | None,
     start: int,
     n_bins: int,
     *,
@@ -267,14 +274,16 @@ def layer_sums(
     Args:
         geometry: :func:`pair_geometry` of the batch.
         scores: (B, H, T, T) pre-softmax logits ``q k^T * scale`` (``attn.scores``).
-        pattern: (B, H, T, T) attention probabilities (``attn.pattern``).
+        pattern: (B, H, T, T) attention probabilities (``attn.pattern``); None (compiled
+            path only) forms them as the softmax of ``scores``.
         start: first selected token.
         scores_writable: ``scores`` is a scratch buffer that may be overwritten (it is
             turned into the centred logits in place).
         scratch: buffers to reuse (else the centred logits need a new (B, H, T, T)).
         threads: CPU threads over the images of the batch (default torch's count).
 
-    On CPU (unless ``VITPROBE_JIT=0``) one compiled pass over each image does all of it
+    Given cosines only (``pair_geometry(..., cosines_only=True)``, CPU) one compiled
+    pass over each image does all of it, angles included
     (:func:`vitprobe.attention._kernels.angle_sums`); the torch code below is the
     reference, and the path on accelerators.
 
@@ -284,10 +293,12 @@ def layer_sums(
     so the per-query offsets (which the softmax ignores, and which can be large) do not
     cancel catastrophically.
     """
-    if geometry.joint_bin is None or compiled(scores.device):
+    if geometry.theta is None:
         if scores.device.type != "cpu":
-            raise ValueError("pair_geometry(..., with_bins=False) is for CPU tensors only")
+            raise ValueError("pair_geometry(..., cosines_only=True) is for CPU tensors only")
         return _layer_sums_compiled(geometry, scores, pattern, start, n_bins, threads)
+    if pattern is None:
+        pattern = scores.softmax(-1)
     B, H, T, _ = scores.shape
     scratch = scratch or Scratch()
     V = geometry.cos.shape[0]
@@ -356,18 +367,21 @@ def _sq_sum(x: torch.Tensor, dim: int, keep: int) -> torch.Tensor:
     return n2.sum([d for d in range(n2.dim()) if d != keep])
 
 
-def compiled(device: torch.device) -> bool:
-    """Whether :func:`layer_sums` takes the compiled path for tensors on ``device``."""
-    return device.type == "cpu" and jit_enabled()
+def compiled(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the compiled CPU path is used for tensors on ``device`` in ``dtype``
+    (float32 only: float64 is the validation precision, taken by the torch reference)."""
+    return device.type == "cpu" and dtype == torch.float32 and jit_enabled()
 
 
-def _layer_sums_compiled(geometry: PairGeometry, scores: torch.Tensor, pattern: torch.Tensor,
+def _layer_sums_compiled(geometry: PairGeometry, scores: torch.Tensor,
+                         pattern: torch.Tensor | None,
                          start: int, n_bins: int, threads: int | None) -> LayerSums:
     """:func:`layer_sums` through the compiled kernel, images split over threads."""
     B, H, T, _ = scores.shape
     V = geometry.cos.shape[0]
-    cos, theta = geometry.cos.numpy(), geometry.theta.numpy()
-    sc, pa = (_numpy_float(t) for t in (scores, pattern))
+    cos = geometry.cos.numpy()
+    sc = _numpy_float(scores)
+    pa = np.zeros((0, 0, 0, 0), sc.dtype) if pattern is None else _numpy_float(pattern)
     n_parts = max(1, min(resolve_threads(threads), B))
     bounds = [B * k // n_parts for k in range(n_parts + 1)]
     parts = [{"count": np.zeros((V, n_bins + 1), np.int64), "geo": np.zeros((V, 5)),
@@ -376,7 +390,7 @@ def _layer_sums_compiled(geometry: PairGeometry, scores: torch.Tensor, pattern: 
               "rowcos_r": np.zeros((V, H))} for _ in range(n_parts)]
 
     def run(k: int) -> None:
-        angle_sums(cos, theta, sc, pa, start, n_bins, n_bins / math.pi, bounds[k],
+        angle_sums(cos, sc, pa, start, n_bins, n_bins / math.pi, bounds[k],
                    bounds[k + 1], **parts[k])
 
     run_parallel(run, n_parts, n_parts)
