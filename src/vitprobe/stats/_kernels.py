@@ -47,10 +47,22 @@ def digitize_rows(x: np.ndarray, edges: np.ndarray, ids: np.ndarray) -> None:
         for i in range(n):
             xw[:] = x[i, s : s + w]
             a[:] = 0
-            for k in range(nb1):
+            k = 0
+            while k + 4 <= nb1:  # four edges per pass: a quarter of the loads and stores
+                e0 = edges[k, s : s + w]
+                e1 = edges[k + 1, s : s + w]
+                e2 = edges[k + 2, s : s + w]
+                e3 = edges[k + 3, s : s + w]
+                for j in range(w):
+                    xv = xw[j]
+                    a[j] += (np.int32(xv >= e0[j]) + np.int32(xv >= e1[j])
+                             + np.int32(xv >= e2[j]) + np.int32(xv >= e3[j]))
+                k += 4
+            while k < nb1:
                 ek = edges[k, s : s + w]
                 for j in range(w):
                     a[j] += np.int32(xw[j] >= ek[j])
+                k += 1
             ids[i, s : s + w] = a
 
 
