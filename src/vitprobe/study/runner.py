@@ -35,6 +35,8 @@ from vitprobe.study import distributed as dist
 from vitprobe.study.config import StudyConfig
 
 EXIT_INTERRUPTED = 3
+#: cache entry (internal) naming the rows of the batch kept after the non-finite check
+_KEPT = "_kept_rows"
 #: seconds between progress lines when stderr is not a terminal
 LOG_EVERY_S = 60.0
 
@@ -190,12 +192,44 @@ class Study:
             model = self.models[variant]
             with torch.inference_mode(), _autocast(self.device, self.config.dtype):
                 model.adapter.forward(pixels.to(self.device, non_blocking=True))
-            cache = recorder.pop()
-            cache[IMAGE_INDEX] = index
+            cache = self._drop_nonfinite(recorder.pop(), batch["ids"], variant)
+            if cache is None:
+                continue
+            cache[IMAGE_INDEX] = index[cache.pop(_KEPT)]
             for key, acc in self.accumulators.items():
                 if key.startswith(variant + "/"):
                     consume(acc, cache)
             del cache
+
+    def _drop_nonfinite(self, cache: dict[str, torch.Tensor], ids: list[str],
+                        variant: str) -> dict[str, torch.Tensor] | None:
+        """The cache without images whose recorded activations hold NaN or inf (each is
+        skipped and reported with the first such site); None when no image is left.
+        Entry ``_KEPT`` holds the kept images' rows of the batch."""
+        bad = None
+        first: dict[int, str] = {}
+        for site, t in cache.items():
+            if not t.is_floating_point():
+                continue
+            rows = ~torch.isfinite(t).flatten(1).all(1)
+            if bool(rows.any()):
+                for i in torch.nonzero(rows).flatten().tolist():
+                    first.setdefault(i, site)
+                bad = rows if bad is None else bad | rows
+        n = len(ids)
+        if bad is None:
+            cache[_KEPT] = torch.arange(n)
+            return cache
+        for i, site in sorted(first.items()):
+            self.skipped.append((str(ids[i]), f"non-finite activations (NaN or inf) at {site} "
+                                              f"of the {variant} model"))
+            self.log(f"skipping {ids[i]}: NaN or inf at {site} ({variant} model)")
+        keep = torch.nonzero(~bad.cpu()).flatten()
+        if keep.numel() == 0:
+            return None
+        out = {k: v.index_select(0, keep.to(v.device)) for k, v in cache.items()}
+        out[_KEPT] = keep
+        return out
 
     def _loader(self, chunk_ids: list[int]):
         from vitprobe.data import make_loader
