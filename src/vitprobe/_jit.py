@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["jit_enabled", "njit"]
+__all__ = ["f32_from_bits", "jit_enabled", "njit"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,3 +47,25 @@ def njit(fn: F | None = None, *, reassoc: bool = False) -> Any:
         return fn
     flags = {"reassoc", "nsz"} if reassoc else False
     return _numba.njit(nogil=True, cache=True, fastmath=flags)(fn)
+
+
+if _numba is not None:
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def f32_from_bits(typingctx: Any, bits: Any) -> Any:
+        """The float32 whose IEEE bits are the int32 ``bits`` (a free bit cast, usable in
+        vectorised loops: ``f32_from_bits((k + 127) << 23) == 2.0 ** k``)."""
+        if isinstance(bits, _types.Integer):
+            def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                return builder.bitcast(args[0], _ir.FloatType())
+
+            return _types.float32(_types.int32), codegen
+        return None
+else:  # pragma: no cover - only where numba is missing (the kernels then never run)
+    import struct as _struct
+
+    def f32_from_bits(bits: int) -> float:
+        return _struct.unpack("<f", _struct.pack("<i", int(bits)))[0]

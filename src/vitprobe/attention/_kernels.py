@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitprobe._jit import njit
+from vitprobe._jit import f32_from_bits, njit
 
 __all__ = ["acos32", "angle_sums", "exp32"]
 
@@ -46,17 +46,13 @@ def acos32(x: np.float32) -> np.float32:
     return np.float32(np.pi / 2) - (p if x >= 0 else -p)
 
 
-#: 2**k for k = -127..1 (index k + 127), the exponent part of exp32
-_POW2 = np.array([2.0**k for k in range(-127, 2)], np.float32)
-
-
 @njit
 def exp32(x: np.float32) -> np.float32:
     """exp of a float32 ``x <= 0`` (softmax arguments after the row maximum), Cephes
     ``expf``: branch-free, so loops of it vectorise. ``exp x = 2^k e^r`` with
     ``k = round(x / ln 2)`` and ``r = x - k ln 2`` (ln 2 in two parts, so ``r`` is exact
-    to float32), ``e^r`` by Cephes' polynomial (about 1 ulp) and ``2^k`` from a table;
-    below ``-87`` (under the float32 normal range) the result is 0."""
+    to float32), ``e^r`` by Cephes' polynomial (about 1 ulp) and ``2^k`` built from its
+    exponent bits; below ``-87`` (under the float32 normal range) the result is 0."""
     xc = max(x, np.float32(-87.0))
     k = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
     r = xc - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
@@ -64,7 +60,8 @@ def exp32(x: np.float32) -> np.float32:
             + np.float32(8.3334519073e-3)) * r + np.float32(4.1665795894e-2)) * r
           + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)) * (r * r) \
         + r + np.float32(1.0)
-    return p * _POW2[int(k) + 127] if x > np.float32(-87.0) else np.float32(0.0)
+    two_k = f32_from_bits(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    return p * two_k if x > np.float32(-87.0) else np.float32(0.0)
 
 
 @njit(reassoc=True)
