@@ -1,12 +1,11 @@
 """Compiled CPU kernel of the per-layer angle/attention sums (see :mod:`vitprobe._jit`).
 
-:func:`angle_sums` computes, in one pass over each image's (H, T, T) logits and
-attention and its (V, T, T) pair geometry, every sum that
-:func:`vitprobe.attention.geometry.layer_sums` forms with separate torch passes (angle
-bins, scatter, skinny matmuls, centring, norms). A query token's geometry row is reused
-from L1 by all heads; sums run in float64 as they go (the torch reference sums each
-image row in the compute dtype first), with reassociation allowed so that the
-reductions vectorise.
+:func:`angle_sums` computes, in one pass over each image's (H, T, T) logits and its
+(V, T, T) cosines, every sum that :func:`vitprobe.attention.geometry.layer_sums` forms
+with separate torch passes (softmax, arccos, angle bins, scatter, skinny matmuls,
+centring, norms). A query token's geometry row is formed once and reused from L1 by all
+heads. As in the torch reference, sums over one row of keys run in float32
+(reassociated, so that they use SIMD lanes) and everything across rows in float64.
 
 The kernel takes the raw cosines of a float32 batch: per query row it clamps them to
 [-1, 1], sets the diagonal to cos = theta = 0 (it is not a pair; its bin is a discard

@@ -162,7 +162,8 @@ class AngleAccumulator(Accumulator):
         #: the sites the calibration pass reads (the embeddings only)
         self.calibration_sites = tuple(site_name(layer, embedding) for layer in self.layers)
         self.device = torch.device(device) if device is not None else None
-        #: images per step of a thread on the compiled CPU path (cache-sized working set)
+        #: images per step of a thread on the compiled CPU path (bounds scratch memory:
+        #: about 3.4 MB per image for DINOv2-S/14)
         self.chunk_images = 8
         self._scratch = Scratch()
         self._thread_scratch: list[Scratch] = []
@@ -365,11 +366,13 @@ class AngleAccumulator(Accumulator):
                           scores_writable=writable, scratch=scratch, threads=threads)
 
     def _update_compiled(self, cache: Mapping[str, Any], n_batch: int) -> None:
-        """CPU: the images are split over threads; each thread forms the logits and the
-        geometry of a few images at a time with single-threaded torch ops and sums them
-        with the compiled kernel while they are still in its cache. (Torch's own worker
-        threads, which keep spinning for a while after each parallel op, would otherwise
-        compete with the kernel threads for the cores.)"""
+        """CPU: the images are split over ``torch.get_num_threads()`` threads; each forms
+        the Gram matrix and the logits of its images (``chunk_images`` at a time, which
+        bounds the scratch memory) with single-threaded torch ops and sums them with the
+        compiled kernel. One image per thread from end to end beats torch's intra-op
+        threading here: torch's worker threads keep spinning after each parallel op and
+        would compete with the kernel for the cores. Torch's intra-op thread count is 1
+        for the duration of the call (restored after)."""
         n_threads = max(1, min(torch.get_num_threads(), n_batch))
         while len(self._thread_scratch) < n_threads:
             self._thread_scratch.append(Scratch())
