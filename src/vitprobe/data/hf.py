@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from vitprobe.data.decode import DecodeError, decode_image
-from vitprobe.data.sources import Catalog, ImageSource
+from vitprobe.data.sources import Catalog, ImageSource, ListedCatalog
 from vitprobe.data.spec import Options
 from vitprobe.errors import ImageSourceError
 
@@ -243,7 +243,7 @@ class HFCatalog(Catalog):
         return f"Hugging Face dataset {self.name} ({self.split}): {len(self)} images"
 
 
-class MaterialisedCatalog(Catalog):
+class MaterialisedCatalog(ListedCatalog):
     """Rows fetched from a stream and kept in memory (encoded, not decoded)."""
 
     kind = "hf"
@@ -258,15 +258,6 @@ class MaterialisedCatalog(Catalog):
     ) -> None:
         self.ids, self.cells, self.metas = ids, cells, metas
         self.text, self.max_pixels = text, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def sample_id(self, position: int) -> str:
-        return self.ids[position]
-
-    def sample_meta(self, position: int) -> dict[str, Any]:
-        return dict(self.metas[position])
 
     def load(self, position: int) -> Image.Image:
         return _decode_cell(self.cells[position], self.max_pixels)

@@ -78,6 +78,23 @@ class Catalog:
         raise NotImplementedError
 
 
+class ListedCatalog(Catalog):
+    """A catalogue that holds its sample ids and metadata as lists (``self.ids``,
+    ``self.metas``, same order)."""
+
+    ids: list[str]
+    metas: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def sample_id(self, position: int) -> str:
+        return self.ids[position]
+
+    def sample_meta(self, position: int) -> dict[str, Any]:
+        return dict(self.metas[position])
+
+
 class ImageSource:
     """A selection of samples from a :class:`Catalog`.
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from vitprobe.data.decode import DecodeError, decode_image
 from vitprobe.data.folder import IMAGE_EXTENSIONS
-from vitprobe.data.sources import Catalog
+from vitprobe.data.sources import ListedCatalog
 from vitprobe.data.spec import Options, expand_braces
 from vitprobe.errors import ImageSourceError
 
@@ -43,7 +43,7 @@ def is_shard_pattern(path: str) -> bool:
     return any(ch in path for ch in "{*[?")
 
 
-class TarCatalog(Catalog):
+class TarCatalog(ListedCatalog):
     kind = "tar"
 
     def __init__(
@@ -109,15 +109,6 @@ class TarCatalog(Catalog):
             n_no_image,
             max_pixels,
         )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def sample_id(self, position: int) -> str:
-        return self.ids[position]
-
-    def sample_meta(self, position: int) -> dict[str, Any]:
-        return dict(self.metas[position])
 
     def where(self, position: int) -> str:
         shard, offset, _ = self.locations[position]
