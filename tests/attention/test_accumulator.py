@@ -236,3 +236,15 @@ def test_compiled_path_equals_torch_reference(vit, monkeypatch, kwargs):
     for k in SUM_KEYS:
         np.testing.assert_allclose(sums["1"][k], sums["0"][k], rtol=1e-6,
                                    atol=1e-6 * np.abs(sums["0"][k]).max(), err_msg=k)
+
+
+@pytest.mark.parametrize("site", ["ln1", "attn.k"])
+def test_nonfinite_inputs_are_refused_with_the_site(vit, site):
+    acc = AngleAccumulator.from_model(vit, variants=["raw"])
+    cache = record(vit, zoo.pixels(vit, 3, seed=2), acc.sites, batch=3)[0]
+    cache = {k: v.clone() for k, v in cache.items() if "attn.scores" not in k
+             and "attn.pattern" not in k}
+    cache[f"blocks.1.{site}"][2, 0, 1] = float("nan")
+    with pytest.raises(VitprobeError, match=rf"blocks\.1\.{site}.*image\(s\) \[2\]"):
+        acc.update(cache)
+    assert acc.n_images == 0 and not acc.sums()["count"].any()  # nothing half-added

@@ -336,6 +336,8 @@ class AngleAccumulator(Accumulator):
         if self.needs_calibration and not self.calibrated:
             raise RuntimeError("the centred variant needs calibrate() and end_calibration() "
                                "(or set_mean_token / load_state_dict) before update()")
+        for layer in self.layers:  # all checks first: a refused batch changes nothing
+            self._check_finite(cache, layer)
         n_batch = 0
         for li, layer in enumerate(self.layers):
             e = self._embeddings(cache, layer)
@@ -350,6 +352,20 @@ class AngleAccumulator(Accumulator):
         if n_batch and compiled(self.device, self.compute_dtype):
             self._update_compiled(cache, n_batch)
         self.n_images += n_batch
+
+    def _check_finite(self, cache: Mapping[str, Any], layer: int) -> None:
+        """Refuse NaN or inf in the sites a layer reads (angles and bins of non-finite
+        cosines are undefined), naming the site and the images."""
+        for kind in (self.embedding, "attn.q", "attn.k", "attn.scores"):
+            name = site_name(layer, kind)
+            t = cache.get(name)
+            if t is None or not t.is_floating_point():
+                continue
+            bad = ~torch.isfinite(t).flatten(1).all(1)
+            if bool(bad.any()):
+                rows = torch.nonzero(bad).flatten().tolist()
+                raise VitprobeError(f"{name} holds NaN or inf for image(s) {rows[:8]} of the "
+                                    "batch; drop those images (vitprobe run skips them)")
 
     def _layer(self, cache: Mapping[str, Any], li: int, layer: int, n_batch: int,
                rows: slice, scratch: Scratch, threads: int | None = None) -> LayerSums:
