@@ -42,7 +42,7 @@ from vitprobe.attention.geometry import (
 from vitprobe.errors import ResultsError, VitprobeError
 from vitprobe.record.accumulator import Accumulator
 from vitprobe.record.sites import site_name
-from vitprobe.stats._common import run_parallel
+from vitprobe.stats._common import nonfinite_rows, run_parallel
 
 __all__ = ["EMBEDDINGS", "VARIANTS", "AngleAccumulator"]
 
@@ -361,8 +361,8 @@ class AngleAccumulator(Accumulator):
             t = cache.get(name)
             if t is None or not t.is_floating_point():
                 continue
-            bad = ~torch.isfinite(t).flatten(1).all(1)
-            if bool(bad.any()):
+            bad = nonfinite_rows(t)
+            if bad is not None:
                 rows = torch.nonzero(bad).flatten().tolist()
                 raise VitprobeError(f"{name} holds NaN or inf for image(s) {rows[:8]} of the "
                                     "batch; drop those images (vitprobe run skips them)")

@@ -29,6 +29,7 @@ import torch
 
 from vitprobe.errors import ResultsError, VitprobeError
 from vitprobe.record import Accumulator, Recorder
+from vitprobe.stats._common import nonfinite_rows
 from vitprobe.stats.joint import IMAGE_INDEX
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
@@ -211,8 +212,8 @@ class Study:
         for site, t in cache.items():
             if not t.is_floating_point():
                 continue
-            rows = ~torch.isfinite(t).flatten(1).all(1)
-            if bool(rows.any()):
+            rows = nonfinite_rows(t)
+            if rows is not None:
                 for i in torch.nonzero(rows).flatten().tolist():
                     first.setdefault(i, site)
                 bad = rows if bad is None else bad | rows
