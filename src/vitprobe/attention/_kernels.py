@@ -146,9 +146,11 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
                 cnt = count[v]
                 for j in range(w):
                     cnt[brow[j]] += 1
+            c0, c1 = crows[0], crows[n_var - 1]  # the same row twice for one variant
+            t0, t1 = trows[0], trows[n_var - 1]
             for h in range(n_heads):
                 srow = scores[b, h, i, start:]
-                if own_softmax:
+                if own_softmax:  # unnormalised exponentials; the sums scale by 1 / norm
                     full = scores[b, h, i]
                     top = full[0]
                     for j in range(n_tok):
@@ -158,10 +160,9 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
                         prob[j] = exp32(full[j] - top)
                         norm += prob[j]
                     inv = one / norm
-                    for j in range(n_tok):
-                        prob[j] *= inv
                     arow = prob[start:]
                 else:
+                    inv = one
                     arow = pattern[b, h, i, start:]
                 tot = zero
                 for j in range(w):
@@ -170,29 +171,35 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
                 r = (np.float64(tot) - np.float64(diag)) / n_keys
                 rf = np.float32(r)  # centred in float32, like the torch reference
                 dd = np.float64(diag - rf)
+                # one pass for every per-pair sum (the diagonal's cos and theta are 0)
                 d2 = zero
+                dc0 = zero
+                dc1 = zero
+                at0 = zero
+                at1 = zero
                 for j in range(w):
                     d = srow[j] - rf
+                    a = arow[j]
                     d2 += d * d
+                    dc0 += d * c0[j]
+                    dc1 += d * c1[j]
+                    at0 += a * t0[j]
+                    at1 += a * t1[j]
                 logit[h, 0] += r
                 logit[h, 1] += r * r
                 logit[h, 2] += np.float64(d2) - dd * dd  # the diagonal is not a pair
+                dev_cos[0, h] += dc0
+                attn_theta[0, h] += np.float64(at0) * inv
+                rowcos_r[0, h] += r * rowcos[0]
+                if n_var == 2:
+                    dev_cos[1, h] += dc1
+                    attn_theta[1, h] += np.float64(at1) * inv
+                    rowcos_r[1, h] += r * rowcos[1]
                 for v in range(n_var):
-                    crow = crows[v]
-                    trow = trows[v]
-                    dc = zero
-                    at = zero
-                    for j in range(w):
-                        # the diagonal's cos and theta are 0: it adds nothing
-                        dc += (srow[j] - rf) * crow[j]
-                        at += arow[j] * trow[j]
-                    dev_cos[v, h] += dc
-                    attn_theta[v, h] += at
-                    rowcos_r[v, h] += r * rowcos[v]
                     brow = bins[v]
                     hl = lanes[v, h]
                     for j in range(w):
-                        hl[j % _LANES, brow[j]] += arow[j]
+                        hl[j % _LANES, brow[j]] += arow[j] * inv
     for v in range(n_var):
         for h in range(n_heads):
             for k in range(n_bins + 1):
