@@ -177,7 +177,7 @@ class JointCounts(Accumulator):
             raise ValueError("count_dtype must be 'auto', 'int16' or 'int32'")
         self.count_dtype = count_dtype
         self.counts: list[torch.Tensor] = []  # (H, C, B_x, P, B_y) int16 / int32
-        self._scratch_bufs: dict[int, dict[str, np.ndarray]] = {}
+        self._scratch_bufs: dict[int, dict[str, np.ndarray]] = {}  # group -> name -> buffer
         self.null: list[torch.Tensor] = []  # (C_null, B_x, P, B_y) int32
         self.cross_counts: list[torch.Tensor] = []  # (H, K, B_x, B_y) int32
         self._ones: dict[torch.dtype, torch.Tensor] = {}
@@ -192,14 +192,16 @@ class JointCounts(Accumulator):
         """Group ``gi``'s counts as a (halves, P, C, B_x, B_y) view (no copy)."""
         return self.counts[gi].permute(0, 3, 1, 2, 4)
 
-    def _scratch(self, gi: int, b: int, v: int, idt: type) -> dict[str, np.ndarray]:
-        """Per-group reusable CPU buffers (bin ids, flat indices): no large allocation,
-        and so no page faults, per batch. One group is handled by one thread at a time."""
-        buf = self._scratch_bufs.get(gi)
-        if buf is None or buf["ids"].size < b * v or buf["flat"].dtype != idt:
-            buf = {"ids": np.empty(b * v, dtype=np.uint8), "flat": np.empty(b * v, dtype=idt)}
-            self._scratch_bufs[gi] = buf
-        return {"ids": buf["ids"][: b * v].reshape(b, v), "flat": buf["flat"][: b * v]}
+    def _scratch(self, gi: int, name: str, n: int, dtype: type) -> np.ndarray:
+        """Per-group reusable CPU buffer ``name`` of at least ``n`` values: no large
+        allocation, and so no page faults, per batch. One group is handled by one thread
+        at a time. Bin ids (``"ids"``) serve both paths; flat count indices (``"flat"``)
+        only the numpy reference, so the compiled path never allocates them."""
+        bufs = self._scratch_bufs.setdefault(gi, {})
+        buf = bufs.get(name)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = bufs[name] = np.empty(n, dtype=dtype)
+        return buf[:n]
 
     @property
     def n_halves(self) -> int:
@@ -305,8 +307,9 @@ class JointCounts(Accumulator):
         if any(x.shape[0] != nb for x in xs):
             raise ValueError("all sites of a batch must hold the same images")
         self._ensure_capacity(nb)
-        for dt in {c.dtype for c in self.counts} | {torch.int32}:  # pre-size shared buffers
-            self._ones_for(dt, self.counts[0].device, self._max_increments(nb))
+        if not (xs[0].device.type == "cpu" and jit_enabled()):  # index_add_ paths only
+            for dt in {c.dtype for c in self.counts} | {torch.int32}:  # pre-size shared buffers
+                self._ones_for(dt, self.counts[0].device, self._max_increments(nb))
         index = cache.get(IMAGE_INDEX)
         order = (np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
                  if index is not None else self.n + np.arange(nb))
@@ -357,21 +360,21 @@ class JointCounts(Accumulator):
         cp = self.layout.centre_position
         half = self._half
         main = self.counts[gi]
-        idt = np.int64 if main.numel() >= 2**31 else np.int32
         e = self._edges_np[gi].reshape(nb - 1, p * c)
-        scratch = self._scratch(gi, b, p * c, idt)
+        ids = self._scratch(gi, "ids", b * p * c, np.uint8).reshape(b, p * c)
         if jit_enabled():
             joint_update(xn, e, half, cp, main.numpy(), self.null_idx, self.null[gi].numpy(),
-                         self.cross, self.cross_counts[gi].numpy(), scratch["ids"])
+                         self.cross, self.cross_counts[gi].numpy(), ids)
             return
-        idn = digitize(xn, e, layout="col", out=scratch["ids"]).reshape(b, p, c)
+        idt = np.int64 if main.numel() >= 2**31 else np.int32
+        idn = digitize(xn, e, layout="col", out=ids).reshape(b, p, c)
         xc = idn[:, cp, :].astype(idt)  # (b, C) central bins
         # layout (H, C, B_x, P, B_y): flat = (((h C + c) B + x) P + p) B + y, enumerated
         # in (image, c, p) order: one image's increments for a channel stream through
         # one (P, B_y) row of the counts
         base = ((half.astype(idt)[:, None] * c + np.arange(c, dtype=idt)) * nb + xc) \
             * (p * nb)
-        flat = scratch["flat"].reshape(b, c, p)
+        flat = self._scratch(gi, "flat", b * p * c, idt).reshape(b, c, p)
         np.add(base[:, :, None], np.arange(p, dtype=idt) * nb, out=flat)
         np.add(flat, idn.transpose(0, 2, 1), out=flat)
         self._add(main, torch.from_numpy(flat))
