@@ -17,6 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from vitprobe._jit import njit
+from vitprobe.stats._pebay import combine_moments
+
+#: the accumulators' own Pebay combination, compiled for scalars
+_combine_moments = njit(combine_moments)
 
 __all__ = ["digitize_rows", "histogram_update", "joint_update", "moments_update"]
 
@@ -150,8 +154,8 @@ def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarra
     """Fold one batch into running per-neuron moments, in place.
 
     Two passes over the batch in float64 (its mean, then centred power sums), then
-    Pebay's pairwise combination with the running state (the formulas of
-    :func:`vitprobe.stats.moments.combine_moments`). NaN propagates into min / max
+    Pebay's pairwise combination with the running state (the accumulators' own
+    :func:`~vitprobe.stats.moments.combine_moments`, compiled). NaN propagates into min / max
     as with ``numpy.minimum``.
 
     Args:
@@ -173,7 +177,6 @@ def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarra
     hi = np.zeros(m)
     nb = float(b)
     na = n_prev
-    n = na + nb
     for s in range(0, v, _BLOCK):
         w = min(v, s + _BLOCK) - s
         for i in range(b):
@@ -211,17 +214,5 @@ def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarra
                 vmin[q] = lo[j]
             if hi[j] > vmax[q] or hi[j] != hi[j]:
                 vmax[q] = hi[j]
-            if na == 0.0:
-                mean[q], m2[q], m3[q], m4[q] = s1[j], s2[j], s3[j], s4[j]
-                continue
-            ma, m2a, m3a, m4a = mean[q], m2[q], m3[q], m4[q]
-            mb, m2b, m3b, m4b = s1[j], s2[j], s3[j], s4[j]
-            d = mb - ma
-            d2 = d * d
-            mean[q] = ma + d * (nb / n)
-            m2[q] = m2a + m2b + d2 * (na * nb / n)
-            m3[q] = (m3a + m3b + d2 * d * (na * nb * (na - nb) / n**2)
-                     + 3.0 * d * (na * m2b - nb * m2a) / n)
-            m4[q] = (m4a + m4b + d2 * d2 * (na * nb * (na * na - na * nb + nb * nb) / n**3)
-                     + 6.0 * d2 * (na * na * m2b + nb * nb * m2a) / n**2
-                     + 4.0 * d * (na * m3b - nb * m3a) / n)
+            _, mean[q], m2[q], m3[q], m4[q] = _combine_moments(
+                (na, mean[q], m2[q], m3[q], m4[q]), (nb, s1[j], s2[j], s3[j], s4[j]))
