@@ -338,19 +338,18 @@ class AngleAccumulator(Accumulator):
                                "(or set_mean_token / load_state_dict) before update()")
         for layer in self.layers:  # all checks first: a refused batch changes nothing
             self._check_finite(cache, layer)
-        n_batch = 0
-        for li, layer in enumerate(self.layers):
-            e = self._embeddings(cache, layer)
-            n_batch = e.shape[0]
-            if n_batch == 0:
-                return
-            self._to(self.device or e.device)
-            if not compiled(self.device, self.compute_dtype):
+        e = self._embeddings(cache, self.layers[0])
+        n_batch = e.shape[0]
+        if n_batch == 0:
+            return
+        self._to(self.device or e.device)
+        if compiled(self.device, self.compute_dtype):
+            self._update_compiled(cache, n_batch)
+        else:
+            for li, layer in enumerate(self.layers):
                 sums = self._layer(cache, li, layer, n_batch, slice(None), self._scratch)
                 for k, v in self._state.items():
                     v[li] += getattr(sums, k)
-        if n_batch and compiled(self.device, self.compute_dtype):
-            self._update_compiled(cache, n_batch)
         self.n_images += n_batch
 
     def _check_finite(self, cache: Mapping[str, Any], layer: int) -> None:

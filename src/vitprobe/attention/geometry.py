@@ -287,8 +287,8 @@ def layer_sums(
     Args:
         geometry: :func:`pair_geometry` of the batch.
         scores: (B, H, T, T) pre-softmax logits ``q k^T * scale`` (``attn.scores``).
-        pattern: (B, H, T, T) attention probabilities (``attn.pattern``); None (compiled
-            path only) forms them as the softmax of ``scores``.
+        pattern: (B, H, T, T) attention probabilities (``attn.pattern``); None: the
+            softmax of ``scores`` (formed inside the kernel on the compiled path).
         start: first selected token.
         scores_writable: ``scores`` is a scratch buffer that may be overwritten (it is
             turned into the centred logits in place).
