@@ -15,3 +15,12 @@ class ImageSourceError(VitprobeError, ValueError):
 
 class ResultsError(VitprobeError, ValueError):
     """A results folder or file is missing, incomplete or from an incompatible run."""
+
+
+class RunFolderError(ResultsError):
+    """The results folder cannot be used: a file, read-only, locked by another run, or
+    holding files that are not a vitprobe run's."""
+
+
+class ConfigError(VitprobeError, ValueError):
+    """A study option is invalid (named in the message with the accepted values)."""

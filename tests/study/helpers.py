@@ -16,6 +16,7 @@ SMALL_RUN = [
     "--model", "imgfocus-dinov2-s14", "--images", "demo?crops=4", "--n-images", "48",
     "--batch-size", "8", "--calibration-images", "16", "--workers", "0",
     "--mi-channels", "16", "--mi-bins", "4", "--analyses", "moments,mi,angles",
+    "--control", "none",
 ]
 
 

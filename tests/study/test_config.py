@@ -28,7 +28,7 @@ def test_bad_options_are_named():
         StudyConfig(control="shuffled-weights")
     with pytest.raises(VitprobeError, match="memory size"):
         StudyConfig(memory_budget="lots")
-    with pytest.raises(VitprobeError, match="batch size"):
+    with pytest.raises(VitprobeError, match="batch-size"):
         StudyConfig(batch_size=0)
     assert StudyConfig().n_images == 512 and StudyConfig().is_demo
 

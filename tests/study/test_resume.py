@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from tests.study.helpers import SMALL_RUN, assert_same_results, env, run, vitprobe_cmd, wait_for
+from vitprobe import runfolder
 from vitprobe.errors import ResultsError
-from vitprobe.study import manifest
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +25,13 @@ def test_sigterm_then_resume_gives_identical_counts(reference_run, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, err
     assert "--resume" in err
-    assert manifest.status(out) == "running"
+    assert runfolder.status(out) == "interrupted"
     # without --resume the unfinished run is protected
     blocked = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     assert blocked.returncode == 1 and "--resume" in blocked.stderr
     done = run([*cmd, "--resume"])
     assert "resuming pass 1/1" in done.stderr
-    assert manifest.status(out) == "complete"
+    assert runfolder.status(out) == "complete"
     assert not (out / "checkpoint.npz").exists()
     assert_same_results(reference_run, out)
 
@@ -45,10 +45,11 @@ def test_finished_run_is_not_overwritten_without_force(reference_run):
 def test_resume_with_other_settings_is_refused(tmp_path):
     from vitprobe.study import checkpoint
 
-    checkpoint.save(tmp_path, checkpoint.Checkpoint(progress={"fingerprint": "other"}))
+    checkpoint.save(tmp_path, checkpoint.Checkpoint(
+        {}, {}, checkpoint.Progress(fingerprint="other", ids_sha256="")))
     from vitprobe.study import run_study
 
     with pytest.raises(ResultsError, match="other settings"):
         run_study(model="imgfocus-dinov2-s14", images="demo?crops=2", n_images=8,
                   analyses=("moments",), out=tmp_path, resume=True, report=False,
-                  workers=0)
+                  workers=0, control=None)

@@ -58,8 +58,8 @@ def measure_angles(
             ``vitprobe.data.ImageSource``.
         n_images, seed: the deterministic subset of the source (``None``: all).
         batch_size, workers: of the image loader.
-        calibration_images: images of the calibration pass (the first ones of the
-            subset); default all of them. Unused without the centred variant.
+        calibration_images: images of the calibration pass (a seeded random sample
+            of the subset); default all of them. Unused without the centred variant.
         embedding, include_prefix, bins, variants, layers, precision: as
             :class:`AngleAccumulator`.
         progress: show progress bars.
@@ -89,7 +89,9 @@ def measure_angles(
     n_calib = 0
     if acc.needs_calibration:
         k = len(source) if calibration_images is None else min(calibration_images, len(source))
-        calib = loader(source.take(range(k), f"first {k} for calibration"))
+        # a random sample, not the first k: a source lists one class at a time
+        calib = loader(source.take(source.processing_order(seed)[:k],
+                                   f"{k} random images for calibration"))
         for batch, cache in _bar(model.stream(calib, acc.calibration_sites), len(calib),
                                  "calibration", progress):
             acc.calibrate(cache)

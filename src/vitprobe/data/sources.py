@@ -26,7 +26,16 @@ from PIL import Image
 
 from vitprobe.errors import ImageSourceError
 
-__all__ = ["Catalog", "ImageSource", "Sample", "open_images"]
+__all__ = ["Catalog", "ImageSource", "Sample", "open_images", "processing_order"]
+
+#: second key of the processing order's RNG, so the order is not the subset's permutation
+_ORDER_STREAM = 0x0D0E
+
+
+def processing_order(n_images: int, seed: int = 0) -> np.ndarray:
+    """Indices 0..n-1 in the seeded random processing order (see
+    :meth:`ImageSource.processing_order`)."""
+    return np.random.default_rng([seed, _ORDER_STREAM]).permutation(n_images)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +226,17 @@ class ImageSource:
         order = np.random.default_rng(seed).permutation(len(self))[:n_images]
         chosen = self.positions[np.sort(order)]
         return self._derive(chosen, f"{n_images} of {len(self)} selected (seed {seed})")
+
+    def processing_order(self, seed: int = 0) -> np.ndarray:
+        """Indices 0..len-1 of this selection in a seeded random order.
+
+        A source lists its samples in canonical order (an ImageNet folder: one class at
+        a time), so a prefix is not a random sample. Process in this order instead:
+        every prefix is then a random sample (calibration), and neighbours are
+        independent draws (statistics that pair images of a batch). It depends only on
+        ``len(self)`` and ``seed``: the same on every machine and for any process count.
+        """
+        return processing_order(len(self), seed)
 
     def shard(self, rank: int, world_size: int) -> ImageSource:
         """Every ``world_size``-th sample starting at ``rank``: shards are disjoint,

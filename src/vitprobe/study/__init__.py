@@ -8,7 +8,7 @@ from __future__ import annotations
 from vitprobe._lazy import lazy_exports
 
 _EXPORTS = {
-    "ANALYSES": "vitprobe.study.config",
+    "DEFAULT_ANALYSES": "vitprobe.study.config",
     "StudyConfig": "vitprobe.study.config",
     "StudyInterrupted": "vitprobe.study.runner",
     "StudyResult": "vitprobe.study.runner",

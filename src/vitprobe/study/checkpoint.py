@@ -1,19 +1,26 @@
 """Checkpoints: every accumulator's state plus which images are done, in one file.
 
-The file (``DIR/checkpoint.npz``) is written to a temporary name and renamed, so
-a crash mid-write leaves the previous checkpoint intact. It holds the *merged*
-state of all ranks and the ids of the images whose batches are counted, never
-which rank did them, so a run may resume with a different number of processes.
+The file (``DIR/checkpoint.npz``) is written to a temporary name and renamed, so a
+crash or a full disk mid-write leaves the previous checkpoint intact. It holds the
+*merged* state of all ranks and the chunks whose images are counted, never which
+rank counted them, so a run may resume with a different number of processes.
 
-Layout of the npz: ``state/<key>/<name>`` and ``calibration/<key>/<name>`` arrays
-(``key`` = ``<model>/<accumulator>``), and ``progress`` (JSON, utf-8 bytes).
+Layout of the npz:
+
+* ``state/<key>/<name>``: the accumulators' states. ``key`` is
+  ``p<pass>/<model>/<analysis>/<file>`` (pass from 0): the finished passes' final
+  states and the current pass's counts so far.
+* ``calibration/<key>/<name>``: the current pass's states right after calibration
+  (empty counts): the starting point of every rank when resuming.
+* ``progress``: JSON (utf-8 bytes) with the fields of :class:`Progress`.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +28,54 @@ import numpy as np
 
 from vitprobe.cache import atomic_write
 from vitprobe.errors import ResultsError
+from vitprobe.runfolder import CHECKPOINT
 
-FILENAME = "checkpoint.npz"
+FORMAT = 2
+
+States = dict[str, dict[str, np.ndarray]]
+
+
+@dataclass
+class Progress:
+    """Where a run stands.
+
+    Attributes:
+        fingerprint: :meth:`StudyConfig.fingerprint` of the run's settings.
+        ids_sha256: hash of the selected images' identities (canonical order).
+        pass_index: the pass being counted (0-based).
+        n_passes: passes of the run.
+        calibrated: whether the current pass's calibration is done (its states are
+            under ``calibration/``).
+        done_chunks: chunks of the current pass whose images are counted.
+        skipped: ``[id, reason]`` of images skipped so far.
+        elapsed_s: run time before this checkpoint, over all sessions.
+    """
+
+    fingerprint: str
+    ids_sha256: str
+    pass_index: int = 0
+    n_passes: int = 1
+    calibrated: bool = False
+    done_chunks: list[int] = field(default_factory=list)
+    skipped: list[list[str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    format: int = FORMAT
 
 
 @dataclass
 class Checkpoint:
-    """What a study needs to continue: states, calibration and progress.
+    states: States
+    calibration: States
+    progress: Progress
 
-    Attributes:
-        states: key -> accumulator ``state_dict()`` (merged over ranks).
-        calibration: key -> ``state_dict()`` right after calibration (empty counts):
-            the starting point of every rank when resuming.
-        progress: JSON-able facts: ``done_ids`` (counted or skipped), ``skipped``
-            (list of [path, reason]), ``n_images_counted``, ``config`` fingerprint,
-            ``elapsed_s``.
-    """
 
-    states: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    calibration: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    progress: dict[str, Any] = field(default_factory=dict)
+def state_key(pass_index: int, variant: str, analysis: str, file: str) -> str:
+    return f"p{pass_index}/{variant}/{analysis}/{file}"
+
+
+def parse_state_key(key: str) -> tuple[int, str, str, str]:
+    p, variant, analysis, file = key.split("/")
+    return int(p[1:]), variant, analysis, file
 
 
 def _flatten(prefix: str, states: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -49,30 +84,42 @@ def _flatten(prefix: str, states: Mapping[str, Mapping[str, np.ndarray]]) -> dic
 
 
 def save(directory: Path, checkpoint: Checkpoint) -> Path:
-    path = Path(directory) / FILENAME
-    arrays = _flatten("state", checkpoint.states) | _flatten("calibration", checkpoint.calibration)
-    arrays["progress"] = np.frombuffer(json.dumps(checkpoint.progress).encode(), dtype=np.uint8)
+    """Write the checkpoint atomically; the previous one stays if writing fails."""
+    path = Path(directory) / CHECKPOINT
+    arrays = (_flatten("state", checkpoint.states)
+              | _flatten("calibration", checkpoint.calibration))
+    arrays["progress"] = np.frombuffer(json.dumps(asdict(checkpoint.progress)).encode(),
+                                       dtype=np.uint8)
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     return path
 
 
 def load(directory: Path) -> Checkpoint:
-    path = Path(directory) / FILENAME
+    """Read ``DIR/checkpoint.npz``.
+
+    Raises:
+        ResultsError: missing, unreadable or from another vitprobe version.
+    """
+    path = Path(directory) / CHECKPOINT
     if not path.exists():
         raise ResultsError(f"no checkpoint to resume from: {path} does not exist")
+    states: States = {}
+    calibration: States = {}
     try:
         with np.load(path, allow_pickle=False) as data:
-            progress = json.loads(bytes(data["progress"]).decode())
-            checkpoint = Checkpoint(progress=progress)
+            raw: dict[str, Any] = json.loads(bytes(data["progress"]).decode())
             for name in data.files:
                 if name == "progress":
                     continue
                 section, rest = name.split("/", 1)
                 key, array_name = rest.rsplit("/", 1)
-                target = checkpoint.states if section == "state" else checkpoint.calibration
+                target = states if section == "state" else calibration
                 target.setdefault(key, {})[array_name] = data[name]
-    except (OSError, ValueError, KeyError) as err:
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"format {raw.get('format')} (this vitprobe writes {FORMAT})")
+        progress = Progress(**raw)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
         raise ResultsError(
-            f"checkpoint {path} is unreadable ({err}); delete it to start over") from err
-    return checkpoint
+            f"the checkpoint {path} is unreadable ({err}); start over with --force") from err
+    return Checkpoint(states, calibration, progress)

@@ -8,14 +8,17 @@ import time
 
 
 def register(subparsers) -> None:
-    from vitprobe.study.config import ANALYSES, DEMO_N_IMAGES, DTYPES
+    from vitprobe.analyses import analysis_names
+    from vitprobe.schema import CONTROLS
+    from vitprobe.study.config import DEFAULT_ANALYSES, DEMO_N_IMAGES, DTYPES
 
     p = subparsers.add_parser(
         "run", help="run the whole study and write a report",
-        description="Run the whole study in one streaming pass over the images (after a "
-                    "calibration pass): neuron moments and distributions, mutual information "
+        description="Run the whole study in one streaming pass over the images, in a seeded "
+                    "random order: neuron moments and distributions, mutual information "
                     "against distance with bowties, attention against embedding angles, and "
-                    "the query-key weight analysis; then figures and report.html. With no "
+                    "the query-key weight analysis, on the model and a random-init control; "
+                    "then figures and report.html. With no "
                     "arguments: the offline DINOv2-S/14 on the built-in demo photos "
                     f"({DEMO_N_IMAGES} crops), a demo scale that finishes in minutes on a CPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -30,12 +33,14 @@ def register(subparsers) -> None:
     p.add_argument("--n-images", "-n", type=int, default=None,
                    help=f"images in the seeded random subset (default: {DEMO_N_IMAGES} for the "
                         "demo, else all)")
-    p.add_argument("--seed", type=int, default=0, help="picks the subset; seeds controls")
+    p.add_argument("--seed", type=int, default=0,
+                   help="picks the subset and the processing order; seeds controls")
     p.add_argument("--out", "-o", default="vitprobe-out", help="results folder")
-    p.add_argument("--analyses", default=",".join(ANALYSES),
-                   help=f"comma-separated subset of {','.join(ANALYSES)}")
-    p.add_argument("--control", choices=["random-init", "none"], default="none",
-                   help="also run a randomly initialised copy and overlay it in every figure")
+    p.add_argument("--analyses", default=",".join(DEFAULT_ANALYSES),
+                   help=f"comma-separated, from {','.join(analysis_names())}")
+    p.add_argument("--control", choices=[*CONTROLS, "none"], default=CONTROLS[0],
+                   help="the same study on a randomly initialised copy, overlaid in every "
+                        "figure (none: skip it)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="model compute dtype (statistics are accumulated in float32/64)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -43,7 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--memory-budget", default="4GB",
                    help="memory for mutual-information counts per pass (more passes if needed)")
     p.add_argument("--calibration-images", type=int, default=256,
-                   help="images that fix bin edges and the mean token")
+                   help="images (a random sample) that fix bin edges and the mean token")
     p.add_argument("--mi-channels", type=int, default=None,
                    help="channels per sublayer for mutual information (evenly spaced; "
                         "default all)")
@@ -51,8 +56,10 @@ def register(subparsers) -> None:
                    help="quantile bins per neuron (default: from the number of images)")
     p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace the run in --out (only files its manifest says are a run's)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.html")
+    p.add_argument("--pdf", action="store_true", help="PDF figures beside the PNGs")
     p.set_defaults(func=run)
 
 
@@ -68,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget, calibration_images=args.calibration_images,
         checkpoint_every_s=args.checkpoint_every, mi_channels=args.mi_channels,
         mi_bins=args.mi_bins, checkpoint=args.checkpoint, pretrained=not args.random_init,
+        resume=args.resume, force=args.force, pdf=args.pdf,
     )
     t0 = time.perf_counter()
     try:
-        result = run_study(config, report=not args.no_report, resume=args.resume,
-                           force=args.force)
+        result = run_study(config, report=not args.no_report)
     except StudyInterrupted as stop:
         print(f"vitprobe: {stop}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -5,22 +5,29 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vitprobe.defaults import DEFAULT_IMAGES, DEFAULT_MODEL, DEMO_N_IMAGES
-from vitprobe.errors import VitprobeError
+from vitprobe.errors import ConfigError
+from vitprobe.schema import CONTROLS, RANDOM_INIT, TRAINED
 
-#: every analysis, in report order; ``qk`` needs no images
-ANALYSES = ("moments", "mi", "angles", "qk")
-CONTROLS = ("random-init",)
+#: analyses of a default run, in report order (see vitprobe.analyses.REGISTRY for all)
+DEFAULT_ANALYSES = ("moments", "mi", "angles", "qk")
 DTYPES = ("float32", "bfloat16", "float16")
-
+#: settings that must not change between a run and its resumption
+_FINGERPRINT_KEYS = ("model", "images", "n_images", "seed", "analyses", "control", "batch_size",
+                     "calibration_images", "mi_channels", "mi_bins", "checkpoint",
+                     "memory_budget", "pretrained", "options")
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"4GB"``, ``"512MiB"``, ``2e9`` -> bytes."""
+    """``"4GB"``, ``"512MiB"``, ``2e9`` -> bytes.
+
+    Raises:
+        ConfigError: not a memory size.
+    """
     if isinstance(text, int | float):
         return int(text)
     try:
@@ -29,38 +36,46 @@ def parse_bytes(text: str | int | float) -> int:
         pass
     match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?i?b?)\s*", str(text).lower())
     if not match:
-        raise VitprobeError(f"cannot read memory size {text!r} (examples: 4GB, 512MiB)")
+        raise ConfigError(f"cannot read memory size {text!r} (examples: 4GB, 512MiB)")
     number, unit = float(match.group(1)), match.group(2).rstrip("b")
     base = 1024 if unit.endswith("i") else 1000
     power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit.rstrip("i")]
     return int(number * base**power)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything ``vitprobe run`` needs; defaults give the offline demo.
+
+    Frozen: the study never changes what the caller passed (use
+    :func:`dataclasses.replace` for a variant).
 
     Attributes:
         model: model spec (see :func:`vitprobe.load_model`).
         images: image source spec (see :func:`vitprobe.data.open_images`).
-        n_images: images in the random subset (None: the demo size for ``demo``,
-            else every image).
-        seed: picks the subset (and seeds random-init controls).
+        n_images: images in the seeded random subset (None: the demo size for the
+            built-in demo, else every image of the source).
+        seed: picks the subset and the processing order; seeds random-init controls.
         out: results folder.
-        analyses: subset of :data:`ANALYSES`.
-        control: ``"random-init"`` runs the same study on a randomly initialised
-            copy and overlays it in every figure; None skips it.
-        device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` means
-            each process's own GPU).
+        analyses: names from :data:`vitprobe.analyses.REGISTRY`.
+        control: ``"random-init"`` runs every analysis on a randomly initialised copy
+            too (overlaid in every figure); None skips it.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` means each
+            process's own GPU).
         dtype: the model's compute dtype (autocast); accumulators stay float32/64.
         batch_size, workers: data loading.
         memory_budget: bytes the mutual-information counts may take per pass.
-        calibration_images: images of the calibration pass (bin edges, mean token).
+        calibration_images: images (a random sample: the first of the seeded
+            processing order) that fix bin edges, ranges and the mean token.
         checkpoint_every_s: seconds between checkpoints.
         mi_channels: channels per sublayer for the MI analysis (None: all).
         mi_bins: quantile bins per neuron for MI (None: chosen from n_images).
         checkpoint: local weights file for ``model``.
         pretrained: False studies a randomly initialised model as the main model.
+        options: further analysis options by name (see each analysis).
+        resume: continue the unfinished run in ``out``.
+        force: replace the run in ``out`` (only what a vitprobe manifest says is a run's).
+        pdf: write PDF figures beside the PNGs.
     """
 
     model: str = DEFAULT_MODEL
@@ -68,37 +83,62 @@ class StudyConfig:
     n_images: int | None = None
     seed: int = 0
     out: Path = Path("vitprobe-out")
-    analyses: tuple[str, ...] = ANALYSES
-    control: str | None = None
+    analyses: tuple[str, ...] = DEFAULT_ANALYSES
+    control: str | None = RANDOM_INIT
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 32
     workers: int = 2
-    memory_budget: int = 4 * 1000**3
+    memory_budget: int | str = 4 * 1000**3
     calibration_images: int = 256
     checkpoint_every_s: float = 300.0
     mi_channels: int | None = None
     mi_bins: int | None = None
     checkpoint: str | None = None
     pretrained: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    force: bool = False
+    pdf: bool = False
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.analyses = tuple(self.analyses)
-        unknown = [a for a in self.analyses if a not in ANALYSES]
+        from vitprobe.analyses import REGISTRY
+
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "out", Path(self.out))
+        set_(self, "analyses", tuple(dict.fromkeys(self.analyses)))
+        set_(self, "memory_budget", parse_bytes(self.memory_budget))
+        set_(self, "options", dict(self.options))
+        unknown = [a for a in self.analyses if a not in REGISTRY]
         if unknown or not self.analyses:
-            raise VitprobeError(f"unknown analyses {unknown or '(none)'}; choose from "
-                                f"{', '.join(ANALYSES)}")
+            raise ConfigError(f"unknown analyses {unknown or '(none)'}; choose from "
+                              f"{', '.join(REGISTRY)}")
         if self.control not in (None, *CONTROLS):
-            raise VitprobeError(f"unknown control {self.control!r}; choose from {CONTROLS}")
+            raise ConfigError(f"unknown control {self.control!r}; choose from "
+                              f"{', '.join(CONTROLS)} or none")
         if self.dtype not in DTYPES:
-            raise VitprobeError(f"unknown dtype {self.dtype!r}; choose from {DTYPES}")
-        if self.batch_size < 1:
-            raise VitprobeError(f"batch size must be >= 1, got {self.batch_size}")
-        self.memory_budget = parse_bytes(self.memory_budget)
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        for name in ("batch_size", "calibration_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, "
+                                  f"got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.n_images is not None and self.n_images < 1:
+            raise ConfigError(f"n-images must be >= 1, got {self.n_images}")
+        for name, least in (("mi_channels", 1), ("mi_bins", 2)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= {least}, got {value}")
+        if self.memory_budget <= 0:
+            raise ConfigError(f"memory budget must be positive, got {self.memory_budget}")
+        if self.checkpoint_every_s <= 0:
+            raise ConfigError("checkpoint interval must be positive")
+        if self.resume and self.force:
+            raise ConfigError("--resume continues a run and --force replaces it: pass one")
         if self.n_images is None and self.images == DEFAULT_IMAGES:
-            self.n_images = DEMO_N_IMAGES
+            set_(self, "n_images", DEMO_N_IMAGES)
+        _check_device(self.device)
 
     @property
     def is_demo(self) -> bool:
@@ -106,12 +146,16 @@ class StudyConfig:
 
     @property
     def variants(self) -> tuple[str, ...]:
-        """``("trained",)`` or ``("trained", "random-init")``."""
-        return ("trained",) + ((self.control,) if self.control else ())
+        """The models of the run: the main model, then the control if any."""
+        main = TRAINED if self.pretrained else RANDOM_INIT
+        return (main,) + ((self.control,) if self.control and self.control != main else ())
 
-    @property
-    def image_analyses(self) -> tuple[str, ...]:
-        return tuple(a for a in self.analyses if a != "qk")
+    def analysis_options(self) -> dict[str, Any]:
+        """Options the analyses read (the MI settings plus ``options``)."""
+        return {"mi_channels": self.mi_channels, "mi_bins": self.mi_bins} | self.options
+
+    def with_(self, **changes: Any) -> StudyConfig:
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,9 +165,20 @@ class StudyConfig:
 
     def fingerprint(self) -> str:
         """What must not change between a run and its resumption."""
-        keys = ("model", "images", "n_images", "seed", "analyses", "control", "batch_size",
-                "calibration_images", "mi_channels", "mi_bins", "checkpoint", "memory_budget",
-                "pretrained")
         d = self.to_dict()
-        blob = json.dumps({k: d[k] for k in keys}, sort_keys=True)
+        blob = json.dumps({k: d[k] for k in _FINGERPRINT_KEYS}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_device(device: str) -> None:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available here "
+                              "(torch.cuda.is_available() is False); use --device cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} GPU(s)")

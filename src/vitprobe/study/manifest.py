@@ -1,10 +1,12 @@
 """``manifest.json``: what a results folder holds and how it was made.
 
-Written when a run starts (``status: running``) and again when it finishes
-(``status: complete``), atomically both times. It records the model spec, the
-weights source and a checksum of the weights, the image source, count, seed and a
-hash of the image identities (the full list sits beside it in ``images.txt``),
-skipped files, package versions, the command line and timings.
+Written when a run starts (``status: running``), and again when it ends:
+``complete``, ``interrupted`` (a signal; ``--resume`` continues) or ``failed`` (an
+error, named under ``error``; ``--resume`` continues from the last checkpoint),
+atomically each time. It records the model spec, the weights source and a checksum
+of the weights, the image source, count, seed and a hash of the image identities
+(the full list sits beside it in ``images.txt``), skipped files, package versions,
+the command line and timings. The folder's layout is :mod:`vitprobe.runfolder`.
 """
 
 from __future__ import annotations
@@ -12,51 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitprobe.cache import atomic_write
-from vitprobe.errors import ResultsError
+from vitprobe.runfolder import IMAGES, MANIFEST, MANIFEST_KEY, read_manifest
 
 if TYPE_CHECKING:
-    from vitprobe.study.runner import Study, StudyResult
-
-FILENAME = "manifest.json"
-#: what a run writes into its folder (and --force removes): nothing else is touched
-OWNED = ("manifest.json", "images.txt", "results", "figures", "report.html", "checkpoint.npz")
-
-
-def status(out: Path) -> str | None:
-    path = Path(out) / FILENAME
-    if not path.exists():
-        return "running" if (Path(out) / "checkpoint.npz").exists() else None
-    try:
-        return json.loads(path.read_text()).get("status")
-    except (OSError, json.JSONDecodeError):
-        return "running"
-
-
-def read(out: Path) -> dict[str, Any]:
-    path = Path(out) / FILENAME
-    if not path.exists():
-        raise ResultsError(f"{out} is not a vitprobe results folder (no {FILENAME})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ResultsError(f"{path} is not valid JSON: {err}") from err
-
-
-def clear(out: Path) -> None:
-    for name in OWNED:
-        target = Path(out) / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    from vitprobe.data import ImageSource
+    from vitprobe.models import ProbedViT
+    from vitprobe.study.config import StudyConfig
 
 
 def versions() -> dict[str, str]:
@@ -70,7 +41,12 @@ def versions() -> dict[str, str]:
     return found
 
 
-def weights_checksum(model) -> str:
+def ids_sha256(ids: Sequence[str]) -> str:
+    """Hash of the selected images' identities, in canonical order."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def weights_checksum(model: ProbedViT) -> str:
     """sha256 over the model's parameters and buffers (names, shapes, bytes), in order."""
     import torch
 
@@ -83,62 +59,72 @@ def weights_checksum(model) -> str:
     return digest.hexdigest()
 
 
-def _base(study: Study) -> dict[str, Any]:
-    cfg = study.config
-    ids = study.ids
-    trained = study.models["trained"]
+def describe_run(config: StudyConfig, main: ProbedViT, source: ImageSource,
+                 ids: Sequence[str], *, weights_sha256: str, world_size: int,
+                 n_passes: int) -> dict[str, Any]:
+    """The part of the manifest fixed when a run starts."""
     return {
-        "vitprobe_results": 1,
+        MANIFEST_KEY: 1,
         "command": " ".join(sys.argv),
-        "config": cfg.to_dict(),
-        "fingerprint": cfg.fingerprint(),
+        "config": config.to_dict(),
+        "fingerprint": config.fingerprint(),
         "model": {
-            **{k: v for k, v in trained.describe().items() if k != "preprocess"},
-            "preprocess": trained.preprocess.to_dict(),
-            "weights_sha256": study.weights_sha256,
+            **{k: v for k, v in main.describe().items() if k != "preprocess"},
+            "preprocess": main.preprocess.to_dict(),
+            "weights_sha256": weights_sha256,
         },
-        "control": cfg.control,
+        "control": config.control,
+        "models": list(config.variants),
         "images": {
-            "source": cfg.images,
-            "description": study.source.description,
-            "demo": cfg.is_demo,
+            "source": config.images,
+            "description": source.description,
+            "demo": config.is_demo,
             "n_selected": len(ids),
-            "seed": cfg.seed,
-            "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-            "ids_file": "images.txt",
+            "seed": config.seed,
+            "order": "seeded random permutation of the selection (see vitprobe.study.plan)",
+            "ids_sha256": ids_sha256(ids),
+            "ids_file": IMAGES,
         },
-        "world_size": study.world.size,
+        "world_size": world_size,
+        "n_passes": n_passes,
         "versions": versions(),
-        "passes": [[list(g) for g in p] if isinstance(p, list | tuple) else str(p)
-                   for p in study.passes],
     }
 
 
-def write_running(out: Path, cfg, study: Study) -> None:
+def write_running(out: Path, run: Mapping[str, Any], ids: Sequence[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _base(study) | {"status": "running",
-                               "started": datetime.now(UTC).isoformat(timespec="seconds")}
-    with atomic_write(out / "images.txt") as tmp:
-        tmp.write_text("\n".join(study.ids) + "\n")
-    _write(out, manifest)
+    with atomic_write(out / IMAGES) as tmp:
+        tmp.write_text("\n".join(ids) + "\n")
+    previous = _previous(out)
+    _write(out, dict(run) | {"status": "running",
+                             "started": previous.get("started") or _now()})
 
 
-def write_complete(out: Path, cfg, study: Study, result: StudyResult) -> None:
-    previous = {}
-    if (out / FILENAME).exists():
-        previous = read(out)
-    manifest = _base(study) | {
-        "status": "complete",
-        "started": previous.get("started"),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "n_images_counted": result.n_images,
-        "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
-        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
-        "results": {name: str(path.relative_to(out)) for name, path in result.datasets.items()},
-    }
-    _write(out, manifest)
+def write_ended(out: Path, run: Mapping[str, Any], status: str, **facts: Any) -> None:
+    """Record how the run ended: ``complete``, ``interrupted`` or ``failed`` (+ facts)."""
+    previous = _previous(out)
+    _write(out, dict(run) | {"status": status, "started": previous.get("started"),
+                             "ended": _now()} | facts)
+
+
+def add_timings(out: Path, **timings: float) -> None:
+    """Add timings measured after the run ended (the report) to its manifest."""
+    current = read_manifest(out)
+    current.setdefault("timings_s", {}).update({k: round(v, 3) for k, v in timings.items()})
+    _write(Path(out), current)
+
+
+def _previous(out: Path) -> dict[str, Any]:
+    try:
+        return read_manifest(out)
+    except Exception:  # a missing or broken manifest is simply replaced
+        return {}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _write(out: Path, manifest: dict[str, Any]) -> None:
-    with atomic_write(out / FILENAME) as tmp:
+    with atomic_write(out / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")

@@ -1,12 +1,14 @@
-"""Finished states -> labelled Datasets -> ``DIR/results/<analysis>.nc``.
+"""Finished states -> each analysis's Datasets -> ``DIR/results/<file>.nc``.
 
-Each analysis is one netCDF file (h5netcdf engine). When a control ran, the file
-has a leading ``model`` dimension (``"trained"``, ``"random-init"``) so that every
-figure can overlay the two from the file alone.
+Every file follows :mod:`vitprobe.schema`: a leading ``model`` dimension with the
+main model first, then its controls. Streaming analyses turn the finished
+accumulators of every pass into one Dataset per model (:meth:`Analysis.results`,
+which combines passes exactly); model-only analyses compute theirs from the models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,79 +16,64 @@ import numpy as np
 import xarray as xr
 
 from vitprobe.netcdf import save_dataset
+from vitprobe.runfolder import RESULTS_DIR
+from vitprobe.schema import stack_models
+from vitprobe.study.checkpoint import parse_state_key
 
 if TYPE_CHECKING:
-    from vitprobe.study.runner import Study
-
-RESULTS_DIR = "results"
-
-
-def combine_variants(datasets: dict[str, xr.Dataset]) -> xr.Dataset:
-    """Stack per-model Datasets along a new ``model`` dimension (one model: no new dim)."""
-    if len(datasets) == 1:
-        ds = next(iter(datasets.values()))
-        return ds.assign_attrs(models=next(iter(datasets)))
-    parts = [ds.expand_dims(model=[variant]) for variant, ds in datasets.items()]
-    combined = xr.concat(parts, dim="model", coords="different", compat="equals",
-                         join="outer", combine_attrs="drop_conflicts")
-    combined["model"].attrs["long_name"] = "model weights (trained or control)"
-    return combined.assign_attrs(models=list(datasets))
+    from vitprobe.analyses import Analysis, Context
+    from vitprobe.models import ProbedViT
 
 
-def _analysis_of(name: str) -> str:
-    return name.split(".")[0]
+def streaming_results(analysis: Analysis, models: Mapping[str, ProbedViT], context: Context,
+                      states: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, xr.Dataset]:
+    """One analysis's Datasets (stacked along ``model``) from its finished states.
 
-
-def write(study: Study, states: dict[str, dict[str, np.ndarray]]) -> dict[str, Path]:
-    """Turn every finished state into its Dataset and write one file per analysis."""
-    out = study.out / RESULTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    accumulators = {}
-    for p in range(len(study.passes)):
-        accumulators |= study._build(p)
-    per_name: dict[str, dict[str, list[xr.Dataset]]] = {}
+    ``states`` holds ``p<pass>/<model>/<analysis>/<file>`` keys (see
+    :mod:`vitprobe.study.checkpoint`); only this analysis's keys are read.
+    """
+    per_variant: dict[str, dict[str, list[tuple[int, dict[str, np.ndarray]]]]] = {}
     for key, state in states.items():
-        variant, name = key.split("/", 1)
-        acc = accumulators[key]
-        acc.load_state_dict(state)
-        per_name.setdefault(_analysis_of(name), {}).setdefault(variant, []).append(acc.result())
-    written: dict[str, Path] = {}
-    common = _common_attrs(study)
-    for analysis, variants in per_name.items():
-        merged = {v: (parts[0] if len(parts) == 1 else
-                      xr.merge(parts, join="outer", combine_attrs="drop_conflicts"))
-                  for v, parts in variants.items()}
-        ds = combine_variants(merged).assign_attrs(common | {"analysis": analysis})
-        written[analysis] = save_dataset(ds, out / f"{analysis}.nc")
-    if "qk" in study.config.analyses:
-        written["qk"] = save_dataset(qk_dataset(study).assign_attrs(common | {"analysis": "qk"}),
-                                     out / "qk.nc")
-    return written
+        p, variant, name, file = parse_state_key(key)
+        if name == analysis.name:
+            per_variant.setdefault(variant, {}).setdefault(file, []).append((p, dict(state)))
+    by_file: dict[str, dict[str, xr.Dataset]] = {}
+    for variant, model in models.items():
+        finished = {}
+        for file, parts in per_variant.get(variant, {}).items():
+            accs = []
+            for p, state in sorted(parts, key=lambda item: item[0]):
+                acc = analysis.accumulators(model, context, p)[file]
+                acc.load_state_dict(state)
+                accs.append(acc)
+            finished[file] = accs
+        if not finished:
+            continue
+        for file, ds in analysis.results(finished).items():
+            by_file.setdefault(file, {})[variant] = ds
+    return {file: stack_models(parts) for file, parts in by_file.items()}
 
 
-def qk_dataset(study: Study) -> xr.Dataset:
-    """The weight analysis of the trained model with its random-init baseline."""
-    from vitprobe.models import load_model
-    from vitprobe.weights import analyze_qk
+def write_results(out: Path, datasets: Mapping[str, xr.Dataset],
+                  attrs: Mapping[str, Any]) -> dict[str, Path]:
+    """Write each Dataset to ``out/results/<file>.nc`` with the run's common attrs."""
+    folder = Path(out) / RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return {file: save_dataset(ds.assign_attrs(dict(attrs) | {"result": file}),
+                               folder / f"{file}.nc")
+            for file, ds in datasets.items()}
 
-    trained = study.models["trained"]
-    baseline = study.models.get("random-init") or load_model(
-        study.config.model, pretrained=False, seed=study.config.seed)
-    return analyze_qk(trained, baseline=baseline)
 
-
-def _common_attrs(study: Study) -> dict[str, Any]:
-    from vitprobe import __version__
-
-    cfg = study.config
-    return {
-        "model_spec": cfg.model,
-        "weights_source": study.models["trained"].source,
-        "images": cfg.images,
-        "image_description": study.source.description,
-        "demo_images": int(cfg.is_demo),
-        "n_images_selected": len(study.source),
-        "seed": cfg.seed,
-        "vitprobe_version": __version__,
-        "layer_numbering": "0-based in files and code; figures label layers 1..L",
-    }
+def collect(analyses: Mapping[str, Analysis], models: Mapping[str, ProbedViT],
+            context: Context, states: Mapping[str, Mapping[str, np.ndarray]],
+            log: Callable[[str], None]) -> dict[str, xr.Dataset]:
+    """Every analysis's Datasets, by file name."""
+    out: dict[str, xr.Dataset] = {}
+    for name, analysis in analyses.items():
+        if analysis.needs_images:
+            produced = streaming_results(analysis, models, context, states)
+        else:
+            produced = analysis.run(models, context, log)
+        for file, ds in produced.items():
+            out[file] = ds.assign_attrs(analysis=name)
+    return out

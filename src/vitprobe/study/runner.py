@@ -1,15 +1,21 @@
-"""The whole study in one call: calibration, streaming passes, checkpoints, results.
+"""The whole study in one call: prepare, calibrate, stream, merge, write.
 
-Work is cut into fixed *chunks* of ``batch_size`` consecutive images of the
-seeded subset. A chunk is the unit of everything: it is one batch for the model,
-it is counted all at once, and it is what checkpoints list as done. Chunks go to
-ranks round-robin, so the batches (and any statistic that pairs images within a
-batch) are the same for 1 process or many, and for an interrupted run or not.
+A run (:class:`Study`) goes through these steps, each in its own module:
 
-A study has one or more *passes* over the images (the mutual-information counts
-of a large model may not fit in memory at once: see :mod:`vitprobe.study.analyses`).
-Per pass every rank accumulates locally; at a checkpoint and at the end all ranks'
-states are gathered and merged on rank 0, which alone writes files.
+1. **prepare**: lock the folder (:mod:`vitprobe.runfolder`), check it, open the
+   images, load the models; only then clear a previous run (``--force``).
+2. **plan** (:mod:`~vitprobe.study.plan`): the seeded processing order, its chunks,
+   and the passes the analyses need (the MI counts of a large model may need several).
+3. per pass, **calibrate** on the first chunks of the order (a random sample) and
+   **stream** the rest (:mod:`~vitprobe.study.stream`), each rank counting every
+   k-th remaining chunk; accumulators that can count their own calibration images
+   (``counts_calibration``) do so, so those images are not forwarded twice.
+4. **merge** ranks with the accumulators' own exact merge (:mod:`~vitprobe.study.merge`)
+   at each checkpoint (:mod:`~vitprobe.study.checkpoint`) and at the end of a pass.
+5. **results** (:mod:`~vitprobe.study.results`) and the **manifest**
+   (:mod:`~vitprobe.study.manifest`) on rank 0.
+
+Analyses are plug-ins (:mod:`vitprobe.analyses`): nothing here knows what they count.
 """
 
 from __future__ import annotations
@@ -18,26 +24,27 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from vitprobe.errors import ResultsError, VitprobeError
-from vitprobe.record import Accumulator, Recorder
-from vitprobe.stats._common import nonfinite_rows
-from vitprobe.stats.joint import IMAGE_INDEX
+from vitprobe import runfolder
+from vitprobe.analyses import Analysis, Context, get_analysis
+from vitprobe.errors import ResultsError, RunFolderError, VitprobeError
+from vitprobe.record import Accumulator
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
+from vitprobe.study import manifest
 from vitprobe.study.config import StudyConfig
+from vitprobe.study.merge import merge_states
+from vitprobe.study.plan import RunPlan
+from vitprobe.study.results import collect, write_results
+from vitprobe.study.stream import Streamer
 
 EXIT_INTERRUPTED = 3
-#: cache entry (internal) naming the rows of the batch kept after the non-finite check
-_KEPT = "_kept_rows"
 #: seconds between progress lines when stderr is not a terminal
 LOG_EVERY_S = 60.0
 
@@ -81,254 +88,206 @@ class _Stop:
             signal.signal(sig, handler)
 
 
-def chunk_positions(n: int, batch_size: int) -> list[np.ndarray]:
-    """Indices 0..n-1 cut into consecutive chunks of ``batch_size`` (the last may be short)."""
-    return [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-
-
-def _autocast(device: str, dtype: str):
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
+def _unique(items) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(tuple(item) for item in items))
 
 
 class Study:
-    """One run of the study. Use :func:`run_study`; this class keeps the state between phases."""
+    """One run of the study (use :func:`run_study`)."""
 
-    def __init__(self, config: StudyConfig, *, progress: bool = True,
-                 log=None) -> None:
-        from vitprobe.data import open_images
-        from vitprobe.models import load_model
-
+    def __init__(self, config: StudyConfig, *, progress: bool | str = True,
+                 log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.world = dist.init(config.device)
         self.device = dist.device_for(self.world, config.device)
         self.progress = self.world.is_main and (progress == "always"
                                                 or (bool(progress) and sys.stderr.isatty()))
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.timings: dict[str, float] = {}
         self.out = config.out
-        self._check_out_dir()
-        t0 = time.perf_counter()
-        # image problems are reported before any model work starts
-        self.source = open_images(config.images, n_images=config.n_images, seed=config.seed)
-        self.models = {"trained": load_model(config.model, pretrained=config.pretrained,
-                                             device=self.device, checkpoint=config.checkpoint,
-                                             seed=config.seed)}
-        if config.control == "random-init":
-            self.models["random-init"] = load_model(config.model, pretrained=False,
-                                                    device=self.device, seed=config.seed)
-        self.timings["load_s"] = time.perf_counter() - t0
-        reference = self.models["trained"]
-        self.source = self.source.at_resolution(reference.preprocess.input_size,
-                                                reference.patch_size)
-        self.chunks = chunk_positions(len(self.source), config.batch_size)
-        #: identity of every selected image, in subset order (listed once: it can be long)
-        self.ids = self.source.ids
-        self._index_of = {sample_id: i for i, sample_id in enumerate(self.ids)}
-        from vitprobe.study.analyses import plan_passes
+        self.timings: dict[str, float] = {}
+        self.analyses: dict[str, Analysis] = {n: get_analysis(n) for n in config.analyses}
+        self.streaming = {n: a for n, a in self.analyses.items() if a.needs_images}
 
-        self.passes = plan_passes(reference, config)
-        self.done: set[int] = set()  # chunk indices counted in the current pass
-        self.pass_index = 0
-        self.skipped: list[tuple[str, str]] = []
-        self.finished_states: dict[str, dict[str, np.ndarray]] = {}
-        self.calibration: dict[str, dict[str, np.ndarray]] = {}
-        self.accumulators: dict[str, Accumulator] = {}
-
-    @cached_property
-    def weights_sha256(self) -> str:
-        """Checksum of the trained weights, for the manifest (hashed once per run)."""
-        from vitprobe.study.manifest import weights_checksum
-
-        return weights_checksum(self.models["trained"])
-
-    # -- output folder rules ----------------------------------------------------------
-    def _check_out_dir(self) -> None:
-        from vitprobe.study import manifest
-
-        if not self.world.is_main:
-            return
-        status = manifest.status(self.out)
+    # -- 1. prepare ---------------------------------------------------------------------------
+    def _check_folder(self) -> None:
         cfg = self.config
-        if status == "complete" and not cfg.extra.get("force"):
+        state = runfolder.status(self.out)
+        if state == "complete" and not cfg.force:
             raise ResultsError(f"{self.out} holds a finished run; pass --force to overwrite it "
                                "or choose another --out")
-        if status == "running" and not (cfg.extra.get("resume") or cfg.extra.get("force")):
-            raise ResultsError(f"{self.out} holds an unfinished run; pass --resume to continue "
-                               "it or --force to start over")
-        if cfg.extra.get("force") and not cfg.extra.get("resume"):
-            manifest.clear(self.out)
+        if state not in (None, "complete") and not (cfg.resume or cfg.force):
+            raise ResultsError(f"{self.out} holds an unfinished run ({state}); pass --resume to "
+                               "continue it or --force to start over")
+        foreign = runfolder.foreign_names(self.out)
+        if foreign:  # somebody else's files under the names a run writes: never touch them
+            raise RunFolderError(
+                f"{self.out} holds {', '.join(foreign)} but no vitprobe manifest: not a "
+                "vitprobe run folder, so nothing is written or deleted there; choose another "
+                "--out")
 
-    # -- accumulators -------------------------------------------------------------------
+    def _prepare(self) -> None:
+        from vitprobe.data import open_images
+        from vitprobe.models import load_model
+
+        cfg = self.config
+        t0 = time.perf_counter()
+        # image problems are reported before any model work starts
+        source = open_images(cfg.images, n_images=cfg.n_images, seed=cfg.seed)
+        self.models = {}
+        for variant in cfg.variants:
+            pretrained = variant == "trained"
+            self.models[variant] = load_model(
+                cfg.model, pretrained=pretrained, device=self.device,
+                checkpoint=cfg.checkpoint if pretrained else None, seed=cfg.seed)
+        self.main = next(iter(self.models.values()))
+        self.timings["load_s"] = time.perf_counter() - t0
+        self.source = source.at_resolution(self.main.preprocess.input_size,
+                                           self.main.patch_size)
+        self.ids = self.source.ids
+        self.index_of = {sample_id: i for i, sample_id in enumerate(self.ids)}
+        self.ids_hash = manifest.ids_sha256(self.ids)
+        n = len(self.ids)
+        self.context = Context(
+            n_images=n, calibration_images=min(cfg.calibration_images, n),
+            batch_size=cfg.batch_size, seed=cfg.seed, device=self.device,
+            memory_budget=cfg.memory_budget, options=cfg.analysis_options())
+        n_passes = max((a.plan(self.main, self.context) for a in self.streaming.values()),
+                       default=0)
+        self.plan = RunPlan.make(n, cfg.batch_size, cfg.seed, n_passes=n_passes,
+                                 calibration_images=self.context.calibration_images)
+        self.streamer = Streamer(self.models, self.index_of, device=self.device,
+                                 dtype=cfg.dtype, log=self.log)
+
+    # -- accumulators -------------------------------------------------------------------------
     def _build(self, pass_index: int) -> dict[str, Accumulator]:
-        from vitprobe.study.analyses import build_accumulators
-
+        """Fresh accumulators of a pass, keyed ``<model>/<analysis>/<file>``."""
         accs = {}
         for variant, model in self.models.items():
-            for name, acc in build_accumulators(model, self.config, self.passes,
-                                                pass_index).items():
-                accs[f"{variant}/{name}"] = acc
+            for name, analysis in self.streaming.items():
+                for file, acc in analysis.accumulators(model, self.context, pass_index).items():
+                    accs[f"{variant}/{name}/{file}"] = acc
         return accs
-
-    def _sites(self, variant: str) -> list[str]:
-        sites: list[str] = []
-        for key, acc in self.accumulators.items():
-            if key.startswith(variant + "/"):
-                sites.extend(acc.sites)
-        return sorted(set(sites))
-
-    @contextlib.contextmanager
-    def _recorders(self) -> Iterator[dict[str, Recorder]]:
-        with contextlib.ExitStack() as stack:
-            yield {v: stack.enter_context(Recorder(m, self._sites(v)))
-                   for v, m in self.models.items() if self._sites(v)}
-
-    def _run_batch(self, recorders: dict[str, Recorder], batch: dict, consume) -> None:
-        # each image's position in the seeded subset: statistics that split images into
-        # halves use it, so the halves do not depend on how batches were spread over ranks
-        index = torch.as_tensor([self._index_of[i] for i in batch["ids"]], dtype=torch.int64)
-        pixels = batch["pixels"]
-        for variant, recorder in recorders.items():
-            model = self.models[variant]
-            with torch.inference_mode(), _autocast(self.device, self.config.dtype):
-                model.adapter.forward(pixels.to(self.device, non_blocking=True))
-            cache = self._drop_nonfinite(recorder.pop(), batch["ids"], variant)
-            if cache is None:
-                continue
-            cache[IMAGE_INDEX] = index[cache.pop(_KEPT)]
-            for key, acc in self.accumulators.items():
-                if key.startswith(variant + "/"):
-                    consume(acc, cache)
-            del cache
-
-    def _drop_nonfinite(self, cache: dict[str, torch.Tensor], ids: list[str],
-                        variant: str) -> dict[str, torch.Tensor] | None:
-        """The cache without images whose recorded activations hold NaN or inf (each is
-        skipped and reported with the first such site); None when no image is left.
-        Entry ``_KEPT`` holds the kept images' rows of the batch."""
-        bad = None
-        first: dict[int, str] = {}
-        for site, t in cache.items():
-            if not t.is_floating_point():
-                continue
-            rows = nonfinite_rows(t)
-            if rows is not None:
-                for i in torch.nonzero(rows).flatten().tolist():
-                    first.setdefault(i, site)
-                bad = rows if bad is None else bad | rows
-        n = len(ids)
-        if bad is None:
-            cache[_KEPT] = torch.arange(n)
-            return cache
-        for i, site in sorted(first.items()):
-            self.skipped.append((str(ids[i]), f"non-finite activations (NaN or inf) at {site} "
-                                              f"of the {variant} model"))
-            self.log(f"skipping {ids[i]}: NaN or inf at {site} ({variant} model)")
-        keep = torch.nonzero(~bad.cpu()).flatten()
-        if keep.numel() == 0:
-            return None
-        out = {k: v.index_select(0, keep.to(v.device)) for k, v in cache.items()}
-        out[_KEPT] = keep
-        return out
 
     def _loader(self, chunk_ids: list[int]):
         from vitprobe.data import make_loader
 
-        positions = (np.concatenate([self.chunks[i] for i in chunk_ids]) if chunk_ids
-                     else np.zeros(0, dtype=np.int64))
-        sub = self.source.take(positions, f"{len(chunk_ids)} of {len(self.chunks)} batches")
-        model = self.models["trained"]
-        return make_loader(sub, model.preprocess, batch_size=self.config.batch_size,
-                           workers=self.config.workers, patch_size=model.patch_size)
+        sub = self.source.take(self.plan.chunks(chunk_ids),
+                               f"{len(chunk_ids)} of {self.plan.n_chunks} batches")
+        return make_loader(sub, self.main.preprocess, batch_size=self.config.batch_size,
+                           workers=self.config.workers, patch_size=self.main.patch_size)
 
-    # -- calibration ----------------------------------------------------------------------
-    def _calibrate(self) -> None:
-        needs = {k: a for k, a in self.accumulators.items() if a.needs_calibration}
-        if needs and self.world.is_main:
+    # -- 3. calibrate -------------------------------------------------------------------------
+    def _calibrate(self, accs: dict[str, Accumulator]) -> tuple[dict, set[int]]:
+        """Calibrate on rank 0 and hand every rank the calibrated (empty) states.
+
+        Returns the calibrated states and the chunks already counted (the calibration
+        chunks when every calibrating accumulator counts its own calibration images).
+        """
+        needs = {k: a for k, a in accs.items() if a.needs_calibration}
+        if not needs:
+            return {}, set()
+        counts_own = all(getattr(a, "counts_calibration", False) for a in needs.values())
+        chunk_ids = self.plan.calibration
+        if self.world.is_main:
             t0 = time.perf_counter()
-            n_chunks = max(1, -(-self.config.calibration_images // self.config.batch_size))
-            chunk_ids = list(range(min(n_chunks, len(self.chunks))))
             loader = self._loader(chunk_ids)
-            with self._recorders() as recorders:
+
+            def consume(acc: Accumulator, cache: dict) -> None:
+                if acc.needs_calibration:
+                    acc.calibrate(cache)
+                elif counts_own:
+                    acc.update(cache)
+
+            with self.streamer.recording(accs) as recorders:
                 for batch in self._bar(loader, len(loader), "calibration", unit="batch"):
-                    self._run_batch(recorders, batch,
-                                    lambda acc, cache: acc.calibrate(cache)
-                                    if acc.needs_calibration else None)
+                    self.streamer.run_batch(recorders, accs, batch, consume)
+            self.streamer.skipped += _skips(loader)
             for acc in needs.values():
                 acc.end_calibration()
-            self.timings["calibration_s"] = self.timings.get("calibration_s", 0) + (
+            self.timings["calibration_s"] = self.timings.get("calibration_s", 0.0) + (
                 time.perf_counter() - t0)
-        states = {k: a.state_dict() for k, a in needs.items()} if self.world.is_main else None
+        states = ({k: a.state_dict() for k, a in needs.items()} if self.world.is_main
+                  else None)
         states = dist.broadcast_from_main(self.world, states)
-        for key, state in states.items():
-            if not self.world.is_main:
-                self.accumulators[key].load_state_dict(state)
-            self.calibration[key] = state
+        if not self.world.is_main:
+            for key, state in states.items():
+                accs[key].load_state_dict(state)
+        elif counts_own:
+            for acc in needs.values():
+                acc.count_calibration()
+        return states, set(chunk_ids) if counts_own else set()
 
-    # -- checkpoints ----------------------------------------------------------------------
-    def _merged_states(self) -> tuple[dict[str, dict[str, np.ndarray]] | None, list, list]:
-        """Gather every rank's states, done chunks and skips; merge on rank 0."""
-        mine = ({k: a.state_dict() for k, a in self.accumulators.items()},
-                sorted(self.done), self.skipped)
+    # -- 4. merge and checkpoint --------------------------------------------------------------
+    def _gather(self, accs: dict[str, Accumulator], pass_index: int, done: set[int]):
+        """Every rank's states, done chunks and skips, merged on rank 0 (None elsewhere)."""
+        mine = ({k: a.state_dict() for k, a in accs.items()}, sorted(done),
+                self.streamer.skipped)
         gathered = dist.gather_to_main(self.world, mine)
         if gathered is None:
-            return None, [], []
-        if len(gathered) == 1:
-            return gathered[0]
-        merged = self._build(self.pass_index)
-        for key, acc in merged.items():
-            acc.load_state_dict(gathered[0][0][key])
-        for states, _, _ in gathered[1:]:
-            others = self._build(self.pass_index)
-            for key, acc in merged.items():
-                others[key].load_state_dict(states[key])
-                acc.merge(others[key])
-        done = sorted({c for _, d, _ in gathered for c in d})
-        skipped = [s for _, _, sk in gathered for s in sk]
-        return {k: a.state_dict() for k, a in merged.items()}, done, skipped
+            return None, set()
+        states = merge_states(lambda: self._build(pass_index), [g[0] for g in gathered])
+        self.streamer.skipped = _unique(s for g in gathered for s in g[2])
+        return states, {c for g in gathered for c in g[1]}
 
-    def _checkpoint(self, elapsed: float) -> None:
-        states, done, skipped = self._merged_states()
+    def _save_checkpoint(self, pass_index: int, current: dict | None, done: set[int],
+                         calibrated: bool) -> None:
         if not self.world.is_main:
             return
-        progress = {
-            "fingerprint": self.config.fingerprint(),
-            "pass": self.pass_index,
-            "n_passes": len(self.passes),
-            "done_chunks": done,
-            "skipped": [list(s) for s in _unique(skipped)],
-            "n_chunks": len(self.chunks),
-            "elapsed_s": elapsed,
-        }
-        all_states = dict(self.finished_states) | states
-        ckpt.save(self.out, ckpt.Checkpoint(states=all_states, calibration=self.calibration,
-                                            progress=progress))
+        states = dict(self.finished)
+        if current:
+            states |= {f"p{pass_index}/{k}": v for k, v in current.items()}
+        progress = ckpt.Progress(
+            fingerprint=self.config.fingerprint(), ids_sha256=self.ids_hash,
+            pass_index=pass_index, n_passes=self.plan.n_passes, calibrated=calibrated,
+            done_chunks=sorted(done), skipped=[list(s) for s in _unique(self.streamer.skipped)],
+            elapsed_s=self._elapsed())
+        try:
+            ckpt.save(self.out, ckpt.Checkpoint(states, self.calibration, progress))
+        except OSError as err:
+            # a full disk: the previous checkpoint is intact (atomic write); go on counting
+            self.log(f"warning: could not write a checkpoint to {self.out} ({err.strerror}); "
+                     "the previous checkpoint is kept")
+            if self._stopping:
+                raise
 
-    def _restore(self) -> None:
+    def _restore(self) -> tuple[int, dict, set[int], bool]:
         saved = ckpt.load(self.out)
-        progress = saved.progress
-        if progress.get("fingerprint") != self.config.fingerprint():
+        p = saved.progress
+        if p.fingerprint != self.config.fingerprint():
             raise ResultsError(
                 f"the checkpoint in {self.out} belongs to a run with other settings (model, "
-                "images, n_images, seed, analyses, control, batch size or memory budget); "
-                "resume with the same options or pass --force to start over")
-        self.pass_index = int(progress["pass"])
-        self.skipped = [tuple(s) for s in progress.get("skipped", [])]
-        self.calibration = saved.calibration
-        current = set(self._build(self.pass_index))
-        self.finished_states = {k: v for k, v in saved.states.items() if k not in current}
-        self.accumulators = self._build(self.pass_index)
-        for key, acc in self.accumulators.items():
-            if key in saved.calibration:
-                acc.load_state_dict(saved.calibration[key])
-            if self.world.is_main and key in saved.states:
-                acc.load_state_dict(saved.states[key])
-        # every rank knows which chunks are done; only rank 0 holds their counts
-        self.resumed_done = set(progress["done_chunks"])
-        self.resumed_elapsed = float(progress.get("elapsed_s", 0.0))
+                "images, n_images, seed, analyses, control, batch size, calibration, MI "
+                "options or memory budget); resume with the same options or pass --force")
+        if p.ids_sha256 != self.ids_hash:
+            raise ResultsError(self._images_changed())
+        if p.n_passes != self.plan.n_passes:
+            raise ResultsError(f"the checkpoint plans {p.n_passes} passes, this run "
+                               f"{self.plan.n_passes}; resume with the same settings")
+        self.finished = {k: v for k, v in saved.states.items()
+                         if ckpt.parse_state_key(k)[0] < p.pass_index}
+        current = {k.split("/", 1)[1]: v for k, v in saved.states.items()
+                   if ckpt.parse_state_key(k)[0] == p.pass_index}
+        self.calibration = saved.calibration if p.calibrated else {}
+        self.streamer.skipped = _unique(tuple(s) for s in p.skipped)
+        self.elapsed_before = p.elapsed_s
+        return p.pass_index, current, set(p.done_chunks), p.calibrated
 
-    # -- main loop ----------------------------------------------------------------------------
+    def _images_changed(self) -> str:
+        previous_file = self.out / runfolder.IMAGES
+        msg = (f"the images selected now differ from those of the checkpoint in {self.out} "
+               f"(source {self.config.images!r})")
+        if previous_file.exists():
+            before = previous_file.read_text().splitlines()
+            gone = sorted(set(before) - set(self.ids))
+            new = sorted(set(self.ids) - set(before))
+            if gone or new:
+                msg += (f": {len(gone)} no longer selected (e.g. {gone[:3]}), {len(new)} newly "
+                        f"selected (e.g. {new[:3]})")
+            else:
+                msg += ": the same images in another order"
+        return msg + ". Restore the images, or start over with --force"
+
+    # -- 3. stream ------------------------------------------------------------------------------
     def _bar(self, iterable, total, desc, unit="img"):
         if not self.progress:
             return iterable
@@ -336,19 +295,24 @@ class Study:
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
-    def _stream_pass(self, stop: _Stop, already_done: set[int], elapsed0: float) -> None:
-        world, cfg = self.world, self.config
-        remaining = [i for i in range(len(self.chunks)) if i not in already_done]
-        mine = remaining[world.rank::world.size]
-        # rank 0 holds the counts of chunks done before a resume; it also lists them
-        self.done = set(already_done) if world.is_main else set()
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def _stream_pass(self, pass_index: int, accs: dict[str, Accumulator], done: set[int],
+                     stop: _Stop) -> set[int]:
+        """Count every chunk not in ``done``; return the done chunks (merged on rank 0)."""
+        world, cfg, plan = self.world, self.config, self.plan
+        remaining = [i for i in range(plan.n_chunks) if i not in done]
+        mine = plan.for_rank(remaining, world.rank, world.size)
+        # rank 0 holds the counts of chunks done before (calibration, an earlier session)
+        mine_done = set(done) if world.is_main else set()
         loader = self._loader(mine)
-        n_remaining = sum(len(self.chunks[i]) for i in remaining)
+        n_remaining = sum(len(plan.chunk(i)) for i in remaining)
+        label = f"pass {pass_index + 1}/{plan.n_passes}"
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            label = f"pass {self.pass_index + 1}/{len(self.passes)}"
             bar = tqdm(total=n_remaining, desc=label, unit="img", dynamic_ncols=True,
                        postfix={"procs": world.size})
         t0 = time.perf_counter()
@@ -356,22 +320,23 @@ class Study:
         counted = 0
         # a batch is one chunk (skips only shrink it; a chunk skipped whole yields no batch)
         chunk_of = np.repeat(np.asarray(mine, dtype=np.int64),
-                             [len(self.chunks[i]) for i in mine])
+                             [len(plan.chunk(i)) for i in mine])
         id_chunk = dict(zip(loader.source.ids, chunk_of.tolist(), strict=True))
         pending = list(mine)
         batches = iter(loader)
-        with self._recorders() as recorders:
+        with self.streamer.recording(accs) as recorders:
             while True:
                 batch = next(batches, None)
                 n = 0
                 if batch is not None:
-                    self._run_batch(recorders, batch, lambda acc, cache: acc.update(cache))
+                    self.streamer.run_batch(recorders, accs, batch,
+                                            lambda acc, cache: acc.update(cache))
                     n = len(batch["ids"])
                     last = id_chunk[batch["ids"][-1]]
                     while pending and pending[0] <= last:
-                        self.done.add(pending.pop(0))
+                        mine_done.add(pending.pop(0))
                 else:
-                    self.done.update(pending)
+                    mine_done.update(pending)
                     pending = []
                 now = time.perf_counter()
                 due = int(now - last_checkpoint >= cfg.checkpoint_every_s)
@@ -385,12 +350,13 @@ class Study:
                     last_log = now
                     rate = counted / max(now - t0, 1e-9)
                     eta = (n_remaining - counted) / max(rate, 1e-9)
-                    self.log(f"pass {self.pass_index + 1}/{len(self.passes)}: {counted}/"
-                             f"{n_remaining} images, {rate:.1f} images/s over {world.size} "
-                             f"process(es), about {eta / 60:.1f} min left")
+                    self.log(f"{label}: {counted}/{n_remaining} images, {rate:.1f} images/s "
+                             f"over {world.size} process(es), about {eta / 60:.1f} min left")
                 if stop_flag or due:
-                    self.skipped = _unique(self.skipped + _skips(loader))
-                    self._checkpoint(elapsed0 + now - t0)
+                    self.streamer.skipped = _unique(self.streamer.skipped + _skips(loader))
+                    self._stopping = bool(stop_flag)
+                    states, all_done = self._gather(accs, pass_index, mine_done)
+                    self._save_checkpoint(pass_index, states, all_done, True)
                     last_checkpoint = time.perf_counter()
                 if stop_flag:
                     if bar is not None:
@@ -402,64 +368,143 @@ class Study:
                     break
         if bar is not None:
             bar.close()
-        self.skipped = _unique(self.skipped + _skips(loader))
-        self.timings[f"pass{self.pass_index + 1}_s"] = time.perf_counter() - t0
+        self.streamer.skipped = _unique(self.streamer.skipped + _skips(loader))
+        self.timings[f"pass{pass_index + 1}_s"] = time.perf_counter() - t0
+        return mine_done
 
-    def run(self) -> StudyResult:
-        from vitprobe.study import manifest, results
-
-        cfg, world = self.config, self.world
-        t_start = time.perf_counter()
-        elapsed0 = 0.0
-        if world.is_main:
-            manifest.write_running(self.out, cfg, self)
-        resumed = bool(cfg.extra.get("resume")) and (self.out / ckpt.FILENAME).exists()
-        with _Stop() as stop:
-            if resumed:
-                self._restore()
-                already = self.resumed_done
-                elapsed0 = self.resumed_elapsed
-                self.log(f"resuming pass {self.pass_index + 1}/{len(self.passes)}: "
-                         f"{len(already)} of {len(self.chunks)} batches already counted")
+    def _count(self, stop: _Stop) -> None:
+        """Every pass: calibrate, stream, merge into ``self.finished``."""
+        start_pass, current, done, calibrated = 0, {}, set(), False
+        if self.config.resume and (self.out / runfolder.CHECKPOINT).exists():
+            start_pass, current, done, calibrated = self._restore()
+            self.log(f"resuming pass {start_pass + 1}/{self.plan.n_passes}: {len(done)} of "
+                     f"{self.plan.n_chunks} batches already counted")
+        for p in range(start_pass, self.plan.n_passes):
+            accs = self._build(p)
+            if calibrated:
+                for key, acc in accs.items():
+                    if key in self.calibration:
+                        acc.load_state_dict(self.calibration[key])
+                    if self.world.is_main and key in current:
+                        acc.load_state_dict(current[key])
             else:
-                self.accumulators = self._build(0)
-                self._calibrate()
-                already = set()
-            while self.pass_index < len(self.passes):
-                self._stream_pass(stop, already, elapsed0)
-                states, _, skipped = self._merged_states()
-                self.skipped = _unique(self.skipped + skipped)
-                if world.is_main:
-                    self.finished_states |= states
-                self.pass_index += 1
-                already = set()
-                if self.pass_index < len(self.passes):
-                    self.accumulators = self._build(self.pass_index)
-                    self._calibrate()
-                    self._checkpoint(elapsed0 + time.perf_counter() - t_start)
-        result = StudyResult(out=self.out, skipped=self.skipped)
-        if world.is_main:
-            t0 = time.perf_counter()
-            result.datasets = results.write(self, self.finished_states)
-            self.timings["results_s"] = time.perf_counter() - t0
-            self.timings["total_s"] = elapsed0 + time.perf_counter() - t_start
-            result.timings = dict(self.timings)
-            result.n_images = len(self.source) - len(self.skipped)
-            manifest.write_complete(self.out, cfg, self, result)
-            (self.out / ckpt.FILENAME).unlink(missing_ok=True)
+                self.calibration, counted = self._calibrate(accs)
+                done = counted
+                states, done = self._gather(accs, p, done)
+                self._save_checkpoint(p, states, done, True)
+                done = dist.broadcast_from_main(self.world, done)
+            done = self._stream_pass(p, accs, done, stop)
+            states, _ = self._gather(accs, p, done)
+            if self.world.is_main:
+                self.finished |= {f"p{p}/{k}": v for k, v in states.items()}
+            # the next pass starts uncalibrated with nothing done (after the last pass:
+            # counting is over, and a failure while writing results resumes from here)
+            current, done, calibrated, self.calibration = {}, set(), False, {}
+            self._save_checkpoint(p + 1, None, set(), False)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> StudyResult:
+        cfg, world = self.config, self.world
+        self.t_start = time.perf_counter()
+        self.elapsed_before = 0.0
+        self.finished: dict[str, dict[str, np.ndarray]] = {}
+        self.calibration: dict[str, dict[str, np.ndarray]] = {}
+        self._stopping = False
+        with contextlib.ExitStack() as stack:
+            error: VitprobeError | None = None
+            if world.is_main:
+                try:
+                    stack.enter_context(runfolder.lock(self.out))
+                    self._check_folder()
+                except VitprobeError as err:
+                    error = err
+            # every rank stops when rank 0 cannot use the folder (no rank waits forever)
+            message = dist.broadcast_from_main(world, None if error is None else str(error))
+            if error is not None:
+                raise error
+            if message is not None:
+                raise ResultsError(message)
+            self._prepare()
+            if world.is_main:
+                if cfg.force:
+                    removed = runfolder.clear_run(self.out)
+                    if removed:
+                        self.log(f"--force: removed the previous run's {', '.join(removed)}")
+                runfolder.remove_stale_temporaries(self.out)
+                self.run_info = manifest.describe_run(
+                    cfg, self.main, self.source, self.ids,
+                    weights_sha256=manifest.weights_checksum(self.main),
+                    world_size=world.size, n_passes=self.plan.n_passes)
+                manifest.write_running(self.out, self.run_info, self.ids)
+            try:
+                with _Stop() as stop:
+                    self._count(stop)
+                result = self._finish()
+            except StudyInterrupted:
+                self._ended("interrupted")
+                raise
+            except OSError as err:  # a full disk, a folder gone read-only...
+                self._ended("failed", error=f"{type(err).__name__}: {err}")
+                raise ResultsError(
+                    f"could not write to {self.out}: {err.strerror or err}"
+                    + (f" ({err.filename})" if err.filename else "")
+                    + "; the last checkpoint is kept: make room and rerun the same command "
+                    "with --resume") from err
+            except BaseException as err:
+                self._ended("failed", error=f"{type(err).__name__}: {err}")
+                raise
         dist.barrier(world)
         return result
+
+    def _ended(self, status: str, **facts: Any) -> None:
+        if self.world.is_main and hasattr(self, "run_info"):
+            with contextlib.suppress(OSError):
+                manifest.write_ended(self.out, self.run_info, status,
+                                     skipped=[{"path": p, "reason": r}
+                                              for p, r in _unique(self.streamer.skipped)],
+                                     **facts)
+
+    def _finish(self) -> StudyResult:
+        skipped = _unique(self.streamer.skipped)
+        result = StudyResult(out=self.out, skipped=skipped)
+        if not self.world.is_main:
+            return result
+        t0 = time.perf_counter()
+        datasets = collect(self.analyses, self.models, self.context, self.finished, self.log)
+        self.timings["results_s"] = time.perf_counter() - t0
+        attrs = self._common_attrs()
+        result.datasets = write_results(self.out, datasets, attrs)
+        self.timings["total_s"] = self._elapsed()
+        result.timings = dict(self.timings)
+        result.n_images = len(self.ids) - len({s[0] for s in skipped})
+        manifest.write_ended(
+            self.out, self.run_info, "complete", n_images_counted=result.n_images,
+            skipped=[{"path": p, "reason": r} for p, r in skipped],
+            timings_s={k: round(v, 3) for k, v in result.timings.items()},
+            results={name: str(path.relative_to(self.out))
+                     for name, path in result.datasets.items()})
+        (self.out / runfolder.CHECKPOINT).unlink(missing_ok=True)
+        return result
+
+    def _common_attrs(self) -> dict[str, Any]:
+        from vitprobe import __version__
+
+        cfg = self.config
+        return {
+            "model_spec": cfg.model,
+            "weights_source": self.main.source,
+            "images": cfg.images,
+            "image_description": self.source.description,
+            "demo_images": int(cfg.is_demo),
+            "n_images_selected": len(self.ids),
+            "seed": cfg.seed,
+            "vitprobe_version": __version__,
+            "layer_numbering": "0-based in files and code; figures label layers 1..L",
+        }
 
 
 def _skips(loader) -> list[tuple[str, str]]:
     return [(str(s.path), str(s.reason)) for s in getattr(loader, "skipped", [])]
-
-
-def _unique(items) -> list[tuple[str, str]]:
-    seen: dict[tuple[str, str], None] = {}
-    for item in items:
-        seen[tuple(item)] = None
-    return list(seen)
 
 
 def run_study(config: StudyConfig | None = None, *, report: bool = True,
@@ -467,19 +512,18 @@ def run_study(config: StudyConfig | None = None, *, report: bool = True,
     """Run the whole study (the Python face of ``vitprobe run``).
 
     >>> result = run_study(model="imgfocus-dinov2-s14", images="demo", n_images=256,
-    ...                    out="runs/demo", control="random-init")  # doctest: +SKIP
+    ...                    out="runs/demo")  # doctest: +SKIP
 
     Args:
         config: a :class:`StudyConfig`, or None to build one from ``options``.
         report: draw the figures and write ``report.html`` at the end.
         progress: show progress bars (True: when attached to a terminal; "always").
-        **options: :class:`StudyConfig` fields; ``resume=True`` and ``force=True``
-            are accepted too.
+        **options: :class:`StudyConfig` fields (``resume=True``, ``force=True`` too).
     """
-    extra = {k: options.pop(k) for k in ("resume", "force") if k in options}
     if config is None:
         config = StudyConfig(**options)
-    config.extra.update(extra)
+    elif options:
+        config = config.with_(**options)
     study = Study(config, progress=progress)
     try:
         result = study.run()
@@ -488,5 +532,8 @@ def run_study(config: StudyConfig | None = None, *, report: bool = True,
     if report and study.world.is_main:
         from vitprobe.report import build_report
 
-        result.report = build_report(config.out)
+        t0 = time.perf_counter()
+        result.report = build_report(config.out, pdf=config.pdf)
+        result.timings["report_s"] = time.perf_counter() - t0
+        manifest.add_timings(config.out, report_s=result.timings["report_s"])
     return result

@@ -1,0 +1,367 @@
+"""Issue 12: random samples, multi-pass runs that finish, resume that checks, a safe folder.
+
+Every test runs real studies on real image files (a class-sorted folder written here)
+and real processes (killed with real signals).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.study.helpers import assert_same_results, env, run, vitprobe_cmd
+from vitprobe import runfolder
+from vitprobe.errors import ConfigError, RunFolderError
+from vitprobe.study import StudyConfig, run_study
+from vitprobe.study.plan import RunPlan
+
+N_CLASSES, PER_CLASS = 4, 16
+# a random-init ViT-Ti/16: fast, and its activations still follow image brightness
+TINY_ARGS = ["--model", "timm:vit_tiny_patch16_224", "--random-init", "--control", "none",
+             "--workers", "0", "--batch-size", "8"]
+
+
+def class_sorted_folder(root: Path, n_classes: int = N_CLASSES, per_class: int = PER_CLASS,
+                        ) -> Path:
+    """An ImageNet-style folder whose classes differ strongly in brightness: sorted by
+    name, a prefix of it is one class at a time."""
+    rng = np.random.default_rng(0)
+    for k in range(n_classes):
+        folder = root / f"n{k:08d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            level = 30 + 60 * k
+            pixels = np.clip(rng.normal(level, 12, size=(64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
+    return root
+
+
+def class_of(image_id: str) -> str:
+    return image_id.split("/")[0]
+
+
+# -- 1. random order: calibration sample and null pairs --------------------------------------
+def test_processing_order_mixes_a_class_sorted_folder(tmp_path):
+    from vitprobe.data import open_images
+
+    source = open_images(class_sorted_folder(tmp_path / "imgs"), seed=0)
+    ids = source.ids
+    assert [class_of(i) for i in ids] == sorted(class_of(i) for i in ids)  # sorted on disk
+    plan = RunPlan.make(len(ids), 8, seed=0, calibration_images=16)
+    calibration = [class_of(ids[i]) for i in plan.chunks(plan.calibration)]
+    assert len(calibration) == 16 and len(set(calibration)) == N_CLASSES
+    # neighbours within a batch (the null pairs) are of the same class about 1/4 of the time
+    same = [class_of(ids[a]) == class_of(ids[b]) for c in range(plan.n_chunks)
+            for a, b in zip(plan.chunk(c)[:-1], plan.chunk(c)[1:], strict=True)]
+    assert np.mean(same) < 0.45
+    # the same order for every seed-sharing run, another for another seed
+    assert np.array_equal(plan.order, RunPlan.make(len(ids), 8, seed=0).order)
+    assert not np.array_equal(plan.order, RunPlan.make(len(ids), 8, seed=1).order)
+    assert sorted(plan.order.tolist()) == list(range(len(ids)))
+
+
+@pytest.mark.slow
+def test_calibration_edges_fit_the_whole_class_sorted_folder(tmp_path):
+    """Quantile edges from a random calibration sample split the whole set evenly; edges
+    from the first (darkest) class would put almost every image in the top bin."""
+    images = class_sorted_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    run(vitprobe_cmd("run", *TINY_ARGS, "--images", str(images), "--analyses", "mi",
+                     "--calibration-images", "16", "--mi-bins", "4", "--mi-channels", "8",
+                     "--out", str(out), "--no-report"))
+    with open(out / "results" / "mi.nc", "rb") as handle:
+        import xarray as xr
+
+        ds = xr.load_dataset(handle, engine="h5netcdf")
+    counts = ds["joint_counts"].isel(model=0)  # (layer, sublayer, kept, position, bx, by)
+    x_marginal = counts.sum("bin_y").isel(position=0)  # the central neuron's bins
+    share = (x_marginal / x_marginal.sum("bin_x")).values
+    total = N_CLASSES * PER_CLASS
+    assert int(x_marginal.sum("bin_x").values.max()) == total
+    assert share.max() <= 0.5, share.max()  # 0.25 each when the edges fit
+
+
+# -- 2. and 3. multi-pass runs, and resuming later passes --------------------------------------
+MULTI = ["--images", "demo?crops=2", "--n-images", "16", "--batch-size", "8",
+         "--calibration-images", "16", "--analyses", "mi", "--mi-channels", "16",
+         "--mi-bins", "4", "--workers", "0", "--model", "imgfocus-dinov2-s14",
+         "--control", "none", "--no-report"]
+
+
+def split_budget() -> int:
+    """A memory budget that puts the 24 (layer, sublayer) groups of the offline model into
+    several passes with a layer's two sublayers in different passes."""
+    from vitprobe.analyses import Context, get_analysis
+    from vitprobe.models import load_model
+
+    model = load_model("imgfocus-dinov2-s14")
+    for budget in (int(b) for b in np.geomspace(2e6, 4e9, 60)):
+        mi = get_analysis("mi")
+        ctx = Context(n_images=16, calibration_images=16, batch_size=8, memory_budget=budget,
+                      options={"mi_channels": 16, "mi_bins": 4})
+        n = mi.plan(model, ctx)
+        if n < 2:
+            continue
+        passes = [{g for acc in mi.accumulators(model, ctx, p).values() for g in acc.groups}
+                  for p in range(n)]
+        layers = [{g[0] for g in groups} for groups in passes]
+        if any(a & b for i, a in enumerate(layers) for b in layers[i + 1:]):
+            return budget
+    pytest.fail("no budget splits a layer across passes")
+
+
+@pytest.fixture(scope="module")
+def one_pass(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one-pass")
+    run(vitprobe_cmd("run", *MULTI, "--out", str(out)))
+    return out
+
+
+@pytest.mark.slow
+def test_multi_pass_run_equals_one_pass_to_the_count(one_pass, tmp_path):
+    budget = split_budget()
+    out = tmp_path / "multi"
+    run(vitprobe_cmd("run", *MULTI, "--memory-budget", str(budget), "--out", str(out)))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n_passes"] >= 2 and manifest["status"] == "complete"
+    assert_same_results(one_pass, out)
+    import xarray as xr
+
+    a = xr.load_dataset(one_pass / "results" / "mi.nc", engine="h5netcdf")
+    b = xr.load_dataset(out / "results" / "mi.nc", engine="h5netcdf")
+    for name in a.data_vars:
+        assert a[name].dtype == b[name].dtype, name
+    assert b["joint_counts"].dtype.kind == "i" and b.attrs.keys() >= {"groups", "n_images"}
+
+
+def _progress(out: Path) -> dict | None:
+    try:
+        with np.load(out / runfolder.CHECKPOINT) as data:
+            return json.loads(bytes(data["progress"]).decode())
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def _kill_when(out: Path, proc: subprocess.Popen, wanted, sig: int, timeout: float = 300):
+    t0 = time.monotonic()
+    while True:
+        progress = _progress(out)
+        if progress is not None and wanted(progress):
+            proc.send_signal(sig)
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before the moment to kill it:\n{proc.stderr.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail("the moment to kill never came")
+        time.sleep(0.02)
+    proc.communicate(timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["inside-pass-2", "between-passes"])
+def test_kill_in_a_later_pass_then_resume(one_pass, tmp_path, moment):
+    budget = split_budget()
+    out = tmp_path / moment
+    cmd = vitprobe_cmd("run", *MULTI, "--memory-budget", str(budget), "--out", str(out),
+                       "--checkpoint-every", "0")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if moment == "inside-pass-2":  # pass 2 calibrated and partly counted: SIGTERM
+        _kill_when(out, proc, lambda p: p["pass_index"] == 1 and p["calibrated"],
+                   signal.SIGTERM)
+    else:  # the checkpoint between pass 1 and 2, before pass 2 calibrates: SIGKILL
+        _kill_when(out, proc, lambda p: p["pass_index"] == 1 and not p["calibrated"],
+                   signal.SIGKILL)
+    progress = _progress(out)
+    assert progress["pass_index"] == 1
+    done = run([*cmd, "--resume"])
+    assert "resuming pass 2/" in done.stderr
+    assert runfolder.status(out) == "complete"
+    assert_same_results(one_pass, out)
+
+
+# -- 4. resume checks the images ----------------------------------------------------------------
+@pytest.mark.slow
+def test_resume_refuses_when_the_images_changed(tmp_path):
+    images = class_sorted_folder(tmp_path / "imgs", n_classes=2, per_class=16)
+    out = tmp_path / "run"
+    cmd = vitprobe_cmd("run", *TINY_ARGS, "--images", str(images), "--analyses", "moments",
+                       "--calibration-images", "8", "--out", str(out), "--no-report",
+                       "--checkpoint-every", "0")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _kill_when(out, proc, lambda p: len(p["done_chunks"]) >= 2, signal.SIGTERM)
+    assert runfolder.status(out) == "interrupted"
+    victim = images / "n00000001" / "img_003.png"
+    victim.unlink()
+    blocked = subprocess.run([*cmd, "--resume"], env=env(), capture_output=True, text=True)
+    assert blocked.returncode == 1
+    assert "no longer selected" in blocked.stderr and "img_003.png" in blocked.stderr
+    assert "Traceback" not in blocked.stderr
+
+
+# -- 5. --force deletes only a run's files, after the arguments are checked ------------------
+def test_force_never_deletes_files_that_are_not_a_run(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "results").mkdir(parents=True)
+    (folder / "results" / "thesis.tex").write_text("years of work")
+    (folder / "report.html").write_text("<p>my report</p>")
+    with pytest.raises(RunFolderError, match="not a vitprobe run"):
+        run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                  images="stimuli:gratings", n_images=8, analyses=("moments",), workers=0,
+                  out=folder, force=True, report=False)
+    assert (folder / "results" / "thesis.tex").read_text() == "years of work"
+    assert (folder / "report.html").exists()
+
+
+def test_force_checks_the_model_before_deleting_a_run(tmp_path):
+    out = tmp_path / "run"
+    run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+              images="stimuli:gratings", n_images=8, batch_size=8, analyses=("moments",),
+              workers=0, out=out, report=False)
+    before = sorted(p.name for p in (out / "results").iterdir())
+    proc = subprocess.run(vitprobe_cmd("run", "--model", "timm:no_such_model", "--images",
+                                       "stimuli:gratings", "--n-images", "8", "--out", str(out),
+                                       "--force", "--no-report"),
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 1 and "no_such_model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (out / "results").iterdir()) == before
+    assert runfolder.status(out) == "complete"
+
+
+# -- 6. one run per folder --------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        vitprobe_cmd("run", "--model", "timm:vit_tiny_patch16_224", "--random-init",
+                     "--control", "none", "--images", "stimuli:gratings", "--n-images", "400",
+                     "--analyses", "moments", "--workers", "0", "--out", str(out),
+                     "--no-report", "--seed", "0"),
+        env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / runfolder.MANIFEST).exists():
+        assert first.poll() is None, first.stderr.read()
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.05)
+    second = subprocess.run(
+        vitprobe_cmd("run", "--model", "timm:vit_tiny_patch16_224", "--random-init",
+                     "--control", "none", "--images", "stimuli:gratings", "--n-images", "8",
+                     "--analyses", "moments", "--workers", "0", "--out", str(out),
+                     "--no-report", "--seed", "1"),
+        env=env(), capture_output=True, text=True)
+    assert second.returncode == 1 and "in use by another vitprobe run" in second.stderr
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["seed"] == 0  # the second run wrote nothing
+
+
+# -- also: sizes from the real image count, clean errors, failed runs, full disks ------------
+def test_no_n_images_sizes_the_counts_from_the_real_number_of_images(tmp_path):
+    images = class_sorted_folder(tmp_path / "imgs", n_classes=2, per_class=6)
+    result = run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                       images=str(images), analyses=("mi",), batch_size=4, workers=0,
+                       calibration_images=12, out=tmp_path / "run", report=False)
+    assert result.n_images == 12
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"mi_channels": 0}, "mi-channels must be >= 1"),
+    ({"batch_size": 0}, "batch-size must be >= 1"),
+    ({"resume": True, "force": True}, "pass one"),
+])
+def test_invalid_options_are_named(options, message):
+    with pytest.raises(ConfigError, match=message):
+        StudyConfig(**options)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_a_clean_error(tmp_path):
+    proc = subprocess.run(vitprobe_cmd("run", "--device", "cuda", "--out", str(tmp_path)),
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 1 and "no CUDA GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_out_that_is_a_file_fails_before_loading_the_model(tmp_path, monkeypatch):
+    import vitprobe.models.registry
+
+    monkeypatch.setattr(vitprobe.models.registry, "load_model",
+                        lambda *a, **k: pytest.fail("model loaded before --out was checked"))
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        run_study(out=target, images="stimuli:gratings", n_images=8, report=False)
+
+
+def test_corrupt_checkpoint_is_a_clean_error(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runfolder.CHECKPOINT).write_bytes(b"PK\x03\x04 not really a zip")
+    proc = subprocess.run(vitprobe_cmd("run", *TINY_ARGS, "--images", "stimuli:gratings",
+                                       "--n-images", "8", "--analyses", "moments", "--out",
+                                       str(out), "--resume", "--no-report"),
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 1 and "checkpoint" in proc.stderr and "--force" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_too_few_images_for_calibration_is_a_clean_error(tmp_path):
+    with pytest.raises(ConfigError, match="calibration"):
+        run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                  images="stimuli:gratings", n_images=4, analyses=("mi",), mi_bins=8,
+                  workers=0, out=tmp_path / "run", report=False)
+    assert runfolder.status(tmp_path / "run") != "running"
+
+
+def _mount_small_disk(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
+    disk = tmp_path / "disk"
+    if os.geteuid() != 0 or not _mount_small_disk(disk, "3m"):
+        pytest.skip("needs root to mount a small tmpfs as a full disk")
+    try:
+        out = disk / "run"
+        args = [*TINY_ARGS, "--images", "stimuli:gratings", "--n-images", "48",
+                "--analyses", "moments,mi", "--mi-channels", "64", "--mi-bins", "4",
+                "--calibration-images", "16", "--out", str(out), "--no-report",
+                "--checkpoint-every", "0"]
+        ballast = disk / "ballast"
+        # fill the disk so that a checkpoint fits but results and the next ones do not
+        proc = subprocess.Popen(vitprobe_cmd("run", *args), env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        while _progress(out) is None:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.02)
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        ballast.write_bytes(b"\0" * max(free - 4096, 0))
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err and "No space left" in err and "--resume" in err
+        assert runfolder.status(out) in ("failed", "stopped")  # never "running"
+        assert _progress(out) is not None  # the last good checkpoint is intact
+        assert not list(out.glob(".*.tmp")) and not list((out / "results").glob(".*.tmp"))
+        ballast.unlink()
+        run(vitprobe_cmd("run", *args, "--resume"))
+        assert runfolder.status(out) == "complete"
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
