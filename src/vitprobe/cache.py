@@ -37,6 +37,33 @@ def cache_dir(*parts: str, create: bool = False) -> Path:
     return path
 
 
+def remove_orphan_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files of :func:`atomic_write` whose writer process is gone.
+
+    A writer killed outright (``kill -9``, out of memory) leaves its
+    ``.<name>.<pid>.<id>.tmp`` behind; files of live processes are left alone, so this
+    is safe while other runs write into the same folder.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 3)  # [".<name>", "<pid>", "<id>", "tmp"]
+        if len(parts) != 4 or not parts[1].isdigit() or _alive(int(parts[1])):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path (not yet created) next to ``path``; move it onto ``path`` on success.
@@ -53,6 +80,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # what writers killed outright left here (kill -9 skips the cleanup below)
+    remove_orphan_temporaries(path.parent)
     # A fresh unique name that the caller creates, so the file gets the usual
     # umask permissions (mkstemp would make it owner-only, awkward for a shared
     # CI cache); pid + random suffix keep concurrent writers apart.

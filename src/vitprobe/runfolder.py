@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vitprobe.cache import remove_orphan_temporaries
 from vitprobe.errors import ResultsError, RunFolderError
 
 __all__ = ["CHECKPOINT", "FIGURES_DIR", "IMAGES", "LOCK", "MANIFEST", "OWNED", "REPORT",
@@ -160,20 +161,11 @@ def check_writable(out: str | os.PathLike) -> Path:
 
 
 def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
-    """Delete temporary files a killed writer left (``.<name>.<pid>.<id>.tmp``, see
-    :func:`vitprobe.cache.atomic_write`) in the folder and its ``results/``/``figures/``.
-
-    Call it only while holding :func:`lock`: no other writer can be mid-write then.
-    """
+    """Delete temporary files that killed writers left in the folder, ``results/`` and
+    ``figures/`` (see :func:`vitprobe.cache.remove_orphan_temporaries`)."""
     out = Path(out)
-    removed = []
-    for folder in (out, out / RESULTS_DIR, out / FIGURES_DIR):
-        if not folder.is_dir():
-            continue
-        for path in folder.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+    return [path for folder in (out, out / RESULTS_DIR, out / FIGURES_DIR) if folder.is_dir()
+            for path in remove_orphan_temporaries(folder)]
 
 
 @contextlib.contextmanager
