@@ -20,6 +20,7 @@ fixed ``seed``: the control every analysis needs, identical on every process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -66,15 +67,20 @@ def wrap(
 
 def _load_timm(name: str, pretrained: bool) -> tuple[FamilyAdapter, str]:
     from vitprobe.models import timm_vit
+    from vitprobe.models.hub import hub_access
 
-    model = timm_vit.create(name, pretrained=pretrained)
+    with hub_access(f"timm:{name}") if pretrained else contextlib.nullcontext():
+        model = timm_vit.create(name, pretrained=pretrained)
     return timm_vit.TimmViTAdapter(model), "timm hub weights" if pretrained else "random init"
 
 
 def _load_hf(name: str, pretrained: bool) -> tuple[FamilyAdapter, str]:
     from vitprobe.models import hf_vit
+    from vitprobe.models.hub import hub_access
 
-    model, preprocess = hf_vit.load(name, pretrained=pretrained)
+    local = Path(name).is_dir()
+    with contextlib.nullcontext() if local else hub_access(f"hf:{name}"):
+        model, preprocess = hf_vit.load(name, pretrained=pretrained)
     where = "local directory" if Path(name).is_dir() else "Hugging Face hub"
     return hf_vit.HFViTAdapter(
         model, preprocess
@@ -194,7 +200,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # SafetensorError (truncated, corrupt) and OSError
+            raise VitprobeError(f"cannot read checkpoint {path}: {err} (a truncated or "
+                                "corrupt safetensors file?)") from err
     elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -223,4 +233,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
             f"{len(missing)} missing keys (e.g. {sorted(missing)[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
         )
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k}: file {tuple(v.shape)}, model {shapes[k]}" for k, v in state.items()
+             if tuple(v.shape) != shapes[k]]
+    if wrong:
+        raise VitprobeError(f"checkpoint {path} does not fit {type(model).__name__}: "
+                            f"{len(wrong)} tensors of another shape (e.g. {'; '.join(wrong[:3])})"
+                            "; is it for another model size?")
     model.load_state_dict(state, strict=True)
