@@ -206,15 +206,13 @@ class Study:
                 acc.end_calibration()
             self.timings["calibration_s"] = self.timings.get("calibration_s", 0.0) + (
                 time.perf_counter() - t0)
-        states = ({k: a.state_dict() for k, a in needs.items()} if self.world.is_main
-                  else None)
+        # the calibrated state without counted images: where every rank (and a resume) starts
+        states = ({k: a.calibration_state_dict() for k, a in needs.items()}
+                  if self.world.is_main else None)
         states = dist.broadcast_from_main(self.world, states)
         if not self.world.is_main:
             for key, state in states.items():
                 accs[key].load_state_dict(state)
-        elif counts_own:
-            for acc in needs.values():
-                acc.count_calibration()
         return states, set(chunk_ids) if counts_own else set()
 
     # -- 4. merge and checkpoint --------------------------------------------------------------
