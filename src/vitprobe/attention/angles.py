@@ -20,6 +20,16 @@ is learned in a calibration pass and frozen by :meth:`end_calibration`).
 
 State is fixed-size (float64 sums, int64 counts): memory is constant in the number of
 images, and shards merge exactly by addition (they must share the calibrated mean).
+
+With ``counts_calibration=True`` the calibration images are counted too, so they are
+forwarded once (:class:`~vitprobe.record.Accumulator`): the batches given to
+:meth:`AngleAccumulator.calibrate` are kept (references to the recorded embeddings,
+queries and keys) until the mean token is frozen, then counted. The mean token is learned
+from the first ``calibration_images`` images only (default 32), which bounds that memory:
+per image ``L x 3 x T x d`` values in the model's dtype, 14.2 MB for DINOv2-S/14 in
+float32 (12 layers, 257 tokens, d = 384; its HF attention projects q and k separately)
+and 29 MB for a timm ViT-B/16 (whose q and k are views of the fused qkv output, which
+they keep alive), so 0.45 GB and 0.93 GB at 32 images (one default batch).
 """
 
 from __future__ import annotations
@@ -100,6 +110,14 @@ class AngleAccumulator(Accumulator):
         recorded queries and keys; :meth:`from_model` fills it in.
     device
         Where state and work live; default the device of the first batch.
+    calibration_images
+        Images whose selected tokens give the mean token: the first ones given to
+        :meth:`calibrate` (None: all of them). Default 32.
+    counts_calibration
+        Count the images given to :meth:`calibrate` too (the caller must not pass them to
+        :meth:`update` again); the sums equal those of ``calibrate`` + ``end_calibration``
+        + ``update`` on the same batches. The recorded tensors are kept until counted
+        (do not modify them in place); batches holding NaN or inf are refused at once.
 
     Sites read (:attr:`sites`): ``blocks.{l}.{embedding}``, ``blocks.{l}.attn.q`` and
     ``blocks.{l}.attn.k`` of every followed layer. The logits and the softmax are formed
@@ -131,6 +149,8 @@ class AngleAccumulator(Accumulator):
         precision: str = "float32",
         attn_scale: float | None = None,
         device: str | torch.device | None = None,
+        calibration_images: int | None = 32,
+        counts_calibration: bool = False,
     ) -> None:
         if embedding not in EMBEDDINGS:
             raise VitprobeError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
@@ -162,6 +182,14 @@ class AngleAccumulator(Accumulator):
         #: the sites the calibration pass reads (the embeddings only)
         self.calibration_sites = tuple(site_name(layer, embedding) for layer in self.layers)
         self.device = torch.device(device) if device is not None else None
+        if calibration_images is not None and calibration_images < 1:
+            raise VitprobeError(f"calibration_images must be at least 1, got "
+                                f"{calibration_images}")
+        self.calibration_images = calibration_images
+        self.counts_calibration = bool(counts_calibration)
+        #: calibration batches to count: the sites update() reads, by reference
+        self._pending: list[dict[str, torch.Tensor]] = []
+        self._calib_images = 0
         #: images per step of a thread on the compiled CPU path (bounds scratch memory:
         #: about 3.4 MB per image for DINOv2-S/14)
         self.chunk_images = 8
@@ -190,6 +218,8 @@ class AngleAccumulator(Accumulator):
         self._calib_sum = torch.zeros(len(self.layers), self.d_model, dtype=torch.float64,
                                       device=device)
         self._calib_tokens = 0
+        self._calib_images = 0
+        self._pending = []
         self.mean_token: torch.Tensor | None = None  # (L, d) float64 once calibrated
 
     def _to(self, device: torch.device) -> None:
@@ -219,6 +249,9 @@ class AngleAccumulator(Accumulator):
         }
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        if self._pending:
+            raise RuntimeError("AngleAccumulator holds calibration batches still to be "
+                               "counted: call end_calibration() before state_dict()")
         out = {k: v.cpu().numpy().copy() for k, v in self._state.items()}
         out["n_images"] = np.asarray(self.n_images, dtype=np.int64)
         out["calib_sum"] = self._calib_sum.cpu().numpy().copy()
@@ -227,7 +260,17 @@ class AngleAccumulator(Accumulator):
             out["mean_token"] = self.mean_token.cpu().numpy().copy()
         return out
 
+    def calibration_state_dict(self) -> dict[str, np.ndarray]:
+        """:meth:`state_dict` with every sum and count zeroed (``n_images = 0``): the
+        frozen mean token, for other shards to start from."""
+        state = self.state_dict()
+        for key in _STATE:
+            state[key] = np.zeros_like(state[key])
+        state["n_images"] = np.asarray(0, np.int64)
+        return state
+
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self._pending = []
         shapes = self._shapes()
         device = self.device or torch.device("cpu")
         for k, (_, dt) in _STATE.items():
@@ -263,23 +306,50 @@ class AngleAccumulator(Accumulator):
 
     # -- calibration ----------------------------------------------------------------------
     def calibrate(self, cache: Mapping[str, Any]) -> None:
-        """Add one batch to the mean token of every followed layer (selected tokens)."""
+        """Add one batch to the mean token of every followed layer (selected tokens of
+        the first ``calibration_images`` images); with ``counts_calibration`` keep the
+        batch to be counted (count it at once when the mean token is already frozen)."""
         if self.calibrated:
+            if self.counts_calibration:
+                self.update(cache)
+                return
             raise RuntimeError("already calibrated")
-        n = 0
-        for li, layer in enumerate(self.layers):
-            e = self._embeddings(cache, layer)
-            self._to(self.device or e.device)
-            sel = e[:, self.start:].to(device=self.device, dtype=torch.float64)
-            self._calib_sum[li] += sel.sum(dim=(0, 1))
-            n = sel.shape[0] * sel.shape[1]
-        self._calib_tokens += n
+        n_batch = self._embeddings(cache, self.layers[0]).shape[0]
+        if self.counts_calibration and n_batch:
+            for layer in self.layers:  # refuse a bad batch now, as update() would
+                self._check_finite(cache, layer)
+            kinds = (self.embedding, "attn.q", "attn.k", "attn.scores", "attn.pattern")
+            self._pending.append({name: cache[name] for layer in self.layers for kind in kinds
+                                  if (name := site_name(layer, kind)) in cache})
+        room = (n_batch if self.calibration_images is None
+                else self.calibration_images - self._calib_images)
+        take = max(0, min(room, n_batch))
+        if take:
+            n = 0
+            for li, layer in enumerate(self.layers):
+                e = self._embeddings(cache, layer)
+                self._to(self.device or e.device)
+                sel = e[:take, self.start:].to(device=self.device, dtype=torch.float64)
+                self._calib_sum[li] += sel.sum(dim=(0, 1))
+                n = sel.shape[0] * sel.shape[1]
+            self._calib_tokens += n
+            self._calib_images += take
+        if self.counts_calibration and self.calibration_images is not None \
+                and self._calib_images >= self.calibration_images:
+            self.end_calibration()
 
     def end_calibration(self) -> None:
-        """Freeze the mean token (float64) learned by :meth:`calibrate`."""
+        """Freeze the mean token (float64) learned by :meth:`calibrate`; with
+        ``counts_calibration``, count the kept calibration batches (unless that happened
+        when ``calibration_images`` was reached)."""
+        if self.counts_calibration and self.calibrated:
+            return
         if self._calib_tokens == 0:
             raise ValueError("calibration saw no images")
         self.set_mean_token(self._calib_sum / self._calib_tokens)
+        pending, self._pending = self._pending, []
+        while pending:
+            self.update(pending.pop(0))
 
     def set_mean_token(self, mean_token: torch.Tensor | np.ndarray) -> None:
         """Install a (n_followed_layers, d_model) mean token directly (e.g. from a shard)."""

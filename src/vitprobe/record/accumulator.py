@@ -16,6 +16,26 @@ Life cycle::
     acc.merge(other_shard)              # same config, disjoint images
     ds = acc.result()                   # xarray.Dataset, saved as netCDF
     state = acc.state_dict()            # numpy arrays only: checkpoint / all-gather
+
+One pass instead of two: an accumulator with ``counts_calibration = True`` counts the
+images it is given in :meth:`~Accumulator.calibrate` itself (at the latest inside
+:meth:`~Accumulator.end_calibration`), exactly as if :meth:`~Accumulator.update` had been
+called on the same batches afterwards: same batch boundaries, same pairs within a batch,
+same split halves. The caller then feeds the calibration batches to ``calibrate()`` of
+such accumulators, to ``update()`` of the accumulators that need no calibration, and
+never forwards those images again::
+
+    for cache in first_batches:
+        for acc in accs:
+            if acc.needs_calibration: acc.calibrate(cache)   # buffered, later counted
+            else: acc.update(cache)
+    for acc in accs:
+        if acc.needs_calibration: acc.end_calibration()
+    for cache in remaining_batches: ...                       # update() as usual
+
+Other shards (processes) must start from :meth:`~Accumulator.calibration_state_dict`
+(the calibration without the counts of the calibration images), not from
+:meth:`~Accumulator.state_dict`, or those images would be counted once per shard.
 """
 
 from __future__ import annotations
@@ -40,12 +60,22 @@ class Accumulator(ABC):
     sites: tuple[str, ...] = ()
     #: whether :meth:`calibrate` must see data before :meth:`update`
     needs_calibration: bool = False
+    #: whether the images given to :meth:`calibrate` are counted too (by the end of
+    #: :meth:`end_calibration`), so that they must not be passed to :meth:`update` again
+    counts_calibration: bool = False
 
     def calibrate(self, cache: Mapping[str, Any]) -> None:  # pragma: no cover - optional
         """Consume one batch of the calibration pass."""
 
     def end_calibration(self) -> None:  # pragma: no cover - optional
         """Freeze what calibration learned (bin edges, mean token...)."""
+
+    def calibration_state_dict(self) -> dict[str, np.ndarray]:
+        """The calibrated state without any counted images: what every other shard loads
+        (:meth:`load_state_dict`) before streaming its own images. The default is
+        :meth:`state_dict`, right for accumulators that count nothing during calibration;
+        those with ``counts_calibration`` return their counts zeroed."""
+        return self.state_dict()
 
     @abstractmethod
     def update(self, cache: Mapping[str, Any]) -> None:

@@ -34,7 +34,18 @@ there), else their position in this accumulator's stream.
   ``b != a``, position) at every rounded distance 0, 1, 2, ...
 
 The calibration phase holds a reservoir of the first ``calibration_images`` images
-(float32, ``R x P x C`` per group) and is freed when the edges are fixed. Use
+(float32, ``R x P x C`` per group) and is freed when the edges are fixed.
+
+With ``counts_calibration=True`` the calibration images are counted too, so the study
+forwards them once (:class:`~vitprobe.record.Accumulator`): :meth:`JointCounts.calibrate`
+keeps the whole batches it is given (references to the recorded tensors, no copy when
+every channel is studied: the reservoir is their first ``R`` images), and as soon as the
+reservoir is full it fixes the edges and counts the kept batches, group by group, freeing
+each group's batches once counted; later ``calibrate`` batches are counted at once. The
+peak is that of the two-pass path (the reservoir, then the counts) plus one batch and the
+counts of one group per thread: for DINOv2-S/14 (24 groups, 256 patches, 384 channels) at
+``R = 256`` and batch 32, 2.7 GB of kept activations (2.4 GB of reservoir; the two-pass
+path copied the same 2.4 GB), ViT-B/16 (196 patches, 768 channels) 4.2 GB (3.7 GB). Use
 :func:`vitprobe.stats.planning.plan_passes` to split the (layer, sublayer) groups into
 passes that fit a memory budget.
 
@@ -133,17 +144,26 @@ class JointCounts(Accumulator):
     device : torch device, optional
         Where counts live (default: the first batch's device). On CUDA, binning is
         ``torch.searchsorted`` and counting ``index_add_``; on CPU, numpy kernels.
+    counts_calibration : bool
+        Count the images given to :meth:`calibrate` as well (see the module notes): the
+        caller must not pass them to :meth:`update` again. The counts equal those of
+        ``calibrate`` + ``end_calibration`` + ``update`` on the same batches. The
+        recorded tensors are kept until counted: do not modify them in place.
     """
 
     name = "neuron_mi"
     needs_calibration = True
+    #: run the accelerator code path (``searchsorted`` + ``index_add_``) on CPU tensors
+    #: too: how the tests check it against the numpy path on machines without a GPU
+    device_path_on_cpu: bool = False
 
     def __init__(self, layout: NeuronLayout, bins: int = 32, *,
                  groups: Iterable[Group] | None = None, channels: Sequence[int] | None = None,
                  calibration_images: int = 1024, split_half: bool = True,
                  null_channels: int | None = 32, cross_pairs_per_distance: int = 0,
                  seed: int = 0, count_dtype: str = "auto", threads: int | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None,
+                 counts_calibration: bool = False) -> None:
         if bins < 2 or bins % 2 or bins > 256:
             raise ValueError(f"bins must be even and in [2, 256], got {bins}")
         self.layout = layout
@@ -171,6 +191,11 @@ class JointCounts(Accumulator):
         self.n_null = 0
         self._reservoir: list[list[torch.Tensor]] = [[] for _ in self.groups]
         self._res_n = 0
+        self.counts_calibration = bool(counts_calibration)
+        #: calibration batches kept to be counted: (per-group activations, image order);
+        #: a group's entry becomes None once counted
+        self._pending: list[tuple[list[torch.Tensor | None], np.ndarray]] = []
+        self._pending_n = 0
         self.calibration_n = 0
         self.edges: torch.Tensor | None = None  # (G, B-1, P, C) float32
         if count_dtype not in ("auto", "int16", "int32"):
@@ -184,7 +209,6 @@ class JointCounts(Accumulator):
         #: (G, P, C) float32 range of each neuron over the calibration reservoir
         self.vmin: torch.Tensor | None = None
         self.vmax: torch.Tensor | None = None
-        self._half = np.zeros(0, np.int64)  # split half of each image of the batch
         self._chan_t: torch.Tensor | None = None
 
     # -- geometry helpers -----------------------------------------------------------------
@@ -229,7 +253,12 @@ class JointCounts(Accumulator):
 
     # -- calibration ----------------------------------------------------------------------
     def calibrate(self, cache: Mapping[str, Any]) -> None:
-        """Add the batch to the reservoir (until ``calibration_images`` images)."""
+        """Add the batch to the reservoir (until ``calibration_images`` images); with
+        ``counts_calibration``, keep it to be counted (count it at once when the edges
+        are already fixed)."""
+        if self.counts_calibration:
+            self._calibrate_counting(cache)
+            return
         if self.calibrated:
             raise RuntimeError("already calibrated")
         room = self.calibration_images - self._res_n
@@ -242,34 +271,112 @@ class JointCounts(Accumulator):
             self._reservoir[gi].append(x.float().contiguous())
         self._res_n += nb
 
+    def _calibrate_counting(self, cache: Mapping[str, Any]) -> None:
+        if self.calibrated:  # the reservoir filled up in an earlier batch
+            self.update(cache)
+            return
+        xs: list[torch.Tensor | None] = [self._activations(cache, g) for g in self.groups]
+        nb = xs[0].shape[0] if xs else 0
+        if any(x.shape[0] != nb for x in xs):
+            raise ValueError("all sites of a batch must hold the same images")
+        if nb == 0:
+            return
+        self._pending.append((xs, self._order(cache, nb, self._pending_n)))
+        self._pending_n += nb
+        take = min(self.calibration_images - self._res_n, nb)
+        for gi, x in enumerate(xs):
+            self._reservoir[gi].append(x[:take])
+        self._res_n += take
+        if self._res_n >= self.calibration_images:
+            self._freeze_and_count()
+
+    def _order(self, cache: Mapping[str, Any], nb: int, start: int) -> np.ndarray:
+        """Each image's index for the split halves: the cache's :data:`IMAGE_INDEX`, else
+        its position ``start + i`` in this accumulator's stream."""
+        index = cache.get(IMAGE_INDEX)
+        if index is None:
+            return start + np.arange(nb, dtype=np.int64)
+        order = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
+        if order.shape != (nb,):
+            raise ValueError(f"{IMAGE_INDEX} holds {order.shape} indices for a batch of {nb}")
+        return order
+
+    def _freeze_and_count(self) -> None:
+        """Counting calibration: fix the edges from the reservoir, then count the kept
+        batches group by group (a group's counts are allocated just before its batches
+        are counted, and its batches released just after: the peak stays near the larger
+        of reservoir and counts)."""
+        if self._res_n < self.bins:
+            raise ValueError(f"calibration saw {self._res_n} images; need at least "
+                             f"bins={self.bins}")
+        ranks = edge_ranks(self._res_n, self.bins)
+        g = len(self.groups)
+        edges: list[Any] = [None] * g
+        lo: list[Any] = [None] * g
+        hi: list[Any] = [None] * g
+
+        def fix(gi: int) -> None:
+            edges[gi], lo[gi], hi[gi] = _order_statistics(self._reservoir[gi], ranks)
+            self._reservoir[gi] = []
+
+        assert self.device is not None
+        threads = resolve_threads(self.threads) if self.device.type == "cpu" else 1
+        run_parallel(fix, g, threads)
+        self.calibration_n = self._res_n
+        self._res_n = 0
+        self.set_edges(torch.stack(edges), torch.stack(lo), torch.stack(hi), allocate=False)
+        pending, self._pending, self._pending_n = self._pending, [], 0
+        total = sum(order.size for _, order in pending)
+        self._ensure_capacity(total)
+        max_b = max((order.size for _, order in pending), default=0)
+        if not (self.device.type == "cpu" and jit_enabled()) or self.device_path_on_cpu:
+            for dt in {self._initial_dtype(self.device), torch.int32}:
+                self._ones_for(dt, self.device, self._max_increments(max_b))
+
+        def count(gi: int) -> None:
+            self._allocate(gi, total)
+            for xs, order in pending:
+                x = xs[gi]
+                assert x is not None
+                xs[gi] = None
+                self._update_group(gi, x, order % self.n_halves)
+
+        run_parallel(count, g, threads)
+        for _, order in pending:
+            self.n += order.size
+            if self.null_idx.size and order.size >= 2:
+                self.n_null += order.size
+
     def end_calibration(self) -> None:
-        """Fix the edges (order statistics of the reservoir), free it, allocate counts."""
+        """Fix the edges (order statistics of the reservoir), free it, allocate counts;
+        with ``counts_calibration``, also count the calibration batches (unless that
+        happened when the reservoir filled up)."""
+        if self.counts_calibration:
+            if not self.calibrated:
+                self._freeze_and_count()
+            return
         if self._res_n < self.bins:
             raise ValueError(f"calibration saw {self._res_n} images; need at least "
                              f"bins={self.bins}")
         ranks = torch.as_tensor(edge_ranks(self._res_n, self.bins))
         edges, lo, hi = [], [], []
         for gi in range(len(self.groups)):
-            res = torch.cat(self._reservoir[gi])  # (R, P, C)
+            e, low, high = _order_statistics(self._reservoir[gi], ranks.numpy())
             self._reservoir[gi] = []
-            if res.device.type == "cpu":
-                s = torch.from_numpy(np.sort(res.numpy(), axis=0))
-            else:
-                s = torch.sort(res, dim=0).values
-            edges.append(s[ranks.to(s.device)].contiguous())
-            lo.append(s[0].clone())
-            hi.append(s[-1].clone())
-            del res, s
+            edges.append(e)
+            lo.append(low)
+            hi.append(high)
         self.calibration_n = self._res_n
         self._res_n = 0
         self.set_edges(torch.stack(edges), torch.stack(lo), torch.stack(hi))
 
     def set_edges(self, edges: torch.Tensor | np.ndarray, vmin: Any = None,
-                  vmax: Any = None) -> None:
+                  vmax: Any = None, *, allocate: bool = True) -> None:
         """Install calibrated edges (G, B-1, P, C) and allocate zeroed counts.
 
         ``vmin`` / ``vmax`` (G, P, C): the calibration range of each neuron (the outer
-        cells of bowtie plots); default the first / last edge.
+        cells of bowtie plots); default the first / last edge. ``allocate=False`` leaves
+        the counts to :meth:`_allocate` (group by group).
         """
         dev = self.device or torch.device("cpu")
         self.device = dev
@@ -279,17 +386,30 @@ class JointCounts(Accumulator):
             raise ValueError(f"edges must have shape {(g, b - 1, p, c)}, got {tuple(e.shape)}")
         self.edges = e
         self._edges_np: np.ndarray | None = e.numpy() if dev.type == "cpu" else None
-        h, cn, k = self.n_halves, self.null_idx.size, self.cross.shape[0]
-        self.counts = [torch.zeros((h, c, b, p, b), dtype=self._initial_dtype(dev), device=dev)
-                       for _ in range(g)]
-        self.null = [torch.zeros((cn, b, p, b), dtype=torch.int32, device=dev) for _ in range(g)]
-        self.cross_counts = [torch.zeros((h, k, b, b), dtype=torch.int32, device=dev)
-                             for _ in range(g)]
+        self.counts = [None] * g  # type: ignore[list-item]
+        self.null = [None] * g  # type: ignore[list-item]
+        self.cross_counts = [None] * g  # type: ignore[list-item]
+        if allocate:
+            for gi in range(g):
+                self._allocate(gi)
         self.vmin = (e[:, 0] if vmin is None else torch.as_tensor(vmin)).to(
             dev, torch.float32).contiguous().clone()
         self.vmax = (e[:, -1] if vmax is None else torch.as_tensor(vmax)).to(
             dev, torch.float32).contiguous().clone()
         self.n = self.n_null = 0
+
+    def _allocate(self, gi: int, n_images: int = 0) -> None:
+        """Zeroed counts of group ``gi`` (int32 at once when ``n_images`` need it)."""
+        dev = self.device
+        assert dev is not None
+        p, c, b = self.layout.n_positions, self.channels.size, self.bins
+        h, cn, k = self.n_halves, self.null_idx.size, self.cross.shape[0]
+        dtype = self._initial_dtype(dev)
+        if dtype == torch.int16 and self._max_per_half(n_images) > _INT16_MAX:
+            dtype = torch.int32
+        self.counts[gi] = torch.zeros((h, c, b, p, b), dtype=dtype, device=dev)
+        self.null[gi] = torch.zeros((cn, b, p, b), dtype=torch.int32, device=dev)
+        self.cross_counts[gi] = torch.zeros((h, k, b, b), dtype=torch.int32, device=dev)
 
     def _initial_dtype(self, dev: torch.device) -> torch.dtype:
         if self.count_dtype == "int32" or (self.count_dtype == "auto" and dev.type != "cpu"):
@@ -307,19 +427,16 @@ class JointCounts(Accumulator):
         if any(x.shape[0] != nb for x in xs):
             raise ValueError("all sites of a batch must hold the same images")
         self._ensure_capacity(nb)
-        if not (xs[0].device.type == "cpu" and jit_enabled()):  # index_add_ paths only
+        if not (xs[0].device.type == "cpu" and jit_enabled()) or self.device_path_on_cpu:
             for dt in {c.dtype for c in self.counts} | {torch.int32}:  # pre-size shared buffers
                 self._ones_for(dt, self.counts[0].device, self._max_increments(nb))
-        index = cache.get(IMAGE_INDEX)
-        order = (np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
-                 if index is not None else self.n + np.arange(nb))
-        self._half = order % self.n_halves
+        half = self._order(cache, nb, self.n) % self.n_halves
         if xs[0].device.type == "cpu":
-            run_parallel(lambda gi: self._update_group(gi, xs[gi]), len(xs),
+            run_parallel(lambda gi: self._update_group(gi, xs[gi], half), len(xs),
                          resolve_threads(self.threads))
         else:
             for gi, x in enumerate(xs):
-                self._update_group(gi, x)
+                self._update_group(gi, x, half)
         if self.null_idx.size and nb >= 2:
             self.n_null += nb
         self.n += nb
@@ -340,17 +457,19 @@ class JointCounts(Accumulator):
 
     def _ensure_capacity(self, more: int) -> None:
         """Promote int16 counts to int32 before a half could exceed 32767 images."""
-        if self.counts and self.counts[0].dtype == torch.int16 \
+        if self.counts and self.counts[0] is not None and self.counts[0].dtype == torch.int16 \
                 and self._max_per_half(self.n + more) > _INT16_MAX:
             self.counts = [c.to(torch.int32) for c in self.counts]
 
-    def _update_group(self, gi: int, x: torch.Tensor) -> None:
-        if x.device.type == "cpu":
-            self._update_group_numpy(gi, x)
+    def _update_group(self, gi: int, x: torch.Tensor, half: np.ndarray) -> None:
+        """Count one group's (b, P, C) activations; ``half`` (b,) is each image's half."""
+        x = x.to(self.device)
+        if x.device.type == "cpu" and not self.device_path_on_cpu:
+            self._update_group_numpy(gi, x, half)
         else:
-            self._update_group_torch(gi, x)
+            self._update_group_torch(gi, x, half)
 
-    def _update_group_numpy(self, gi: int, x: torch.Tensor) -> None:
+    def _update_group_numpy(self, gi: int, x: torch.Tensor, half: np.ndarray) -> None:
         """CPU path: the compiled kernel, or numpy index arithmetic and torch
         ``index_add_`` for the scatter (the reference, ``VITPROBE_JIT=0``)."""
         assert self._edges_np is not None
@@ -358,7 +477,6 @@ class JointCounts(Accumulator):
         nb = self.bins
         xn = as_float32_numpy(x).reshape(b, p * c)
         cp = self.layout.centre_position
-        half = self._half
         main = self.counts[gi]
         e = self._edges_np[gi].reshape(nb - 1, p * c)
         ids = self._scratch(gi, "ids", b * p * c, np.uint8).reshape(b, p * c)
@@ -394,7 +512,7 @@ class JointCounts(Accumulator):
             flat = ((half[:, None] * k + np.arange(k)) * nb + xk) * nb + yk
             self._add(self.cross_counts[gi], torch.from_numpy(flat))
 
-    def _update_group_torch(self, gi: int, x: torch.Tensor) -> None:
+    def _update_group_torch(self, gi: int, x: torch.Tensor, half: np.ndarray) -> None:
         """Accelerator path: searchsorted binning and ``index_add_``, all on device."""
         assert self.edges is not None
         b, p, c = x.shape
@@ -404,7 +522,7 @@ class JointCounts(Accumulator):
         ids = digitize(xf.reshape(b, p * c), self.edges[gi].reshape(nb - 1, p * c),
                        layout="col").view(b, p, c)
         cp = self.layout.centre_position
-        ht = torch.as_tensor(self._half, device=dev)
+        ht = torch.as_tensor(half, device=dev)
         xc = ids[:, cp, :]
         base = ((ht[:, None] * c + torch.arange(c, device=dev)) * nb + xc) * (p * nb)
         flat = base[:, :, None] + torch.arange(p, device=dev) * nb + ids.transpose(1, 2)
@@ -474,6 +592,9 @@ class JointCounts(Accumulator):
                                       "n_null": np.asarray(self.n_null, np.int64),
                                       "calibration_n": np.asarray(self.calibration_n, np.int64)}
         if not self.calibrated:
+            if self._pending:
+                raise RuntimeError("JointCounts holds calibration batches still to be "
+                                   "counted: call end_calibration() before state_dict()")
             if self._res_n:
                 for gi in range(len(self.groups)):
                     out[f"reservoir_{gi}"] = torch.cat(self._reservoir[gi]).cpu().numpy()
@@ -492,7 +613,22 @@ class JointCounts(Accumulator):
             out[f"cross_{gi}"] = self.cross_counts[gi].cpu().numpy().astype(np.int64)
         return out
 
+    def calibration_state_dict(self) -> dict[str, np.ndarray]:
+        """:meth:`state_dict` with every count zeroed (``n = n_null = 0``): the edges
+        and ranges, for other shards to start from (see
+        :class:`~vitprobe.record.Accumulator`)."""
+        state = self.state_dict()
+        if not self.calibrated:
+            return state
+        for key, value in state.items():
+            if key.startswith(("counts_", "null_", "cross_")):
+                state[key] = np.zeros_like(value)
+        state["n"] = np.asarray(0, np.int64)
+        state["n_null"] = np.asarray(0, np.int64)
+        return state
+
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self._pending, self._pending_n = [], 0
         if "edges" not in state:
             self.edges = None
             self._reservoir = [[] for _ in self.groups]
@@ -540,3 +676,17 @@ class JointCounts(Accumulator):
         from vitprobe.stats.joint_result import joint_dataset
 
         return joint_dataset(self, keep_channels=keep_channels, method=method)
+
+
+def _order_statistics(reservoir: list[torch.Tensor], ranks: np.ndarray,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edges (B-1, P, C), minimum and maximum (P, C) of the reservoir's (R, P, C) pieces
+    (float32, sorted along the images: numpy on CPU, ``torch.sort`` elsewhere)."""
+    res = torch.cat([r.float() for r in reservoir])  # (R, P, C)
+    if res.device.type == "cpu":
+        s = torch.from_numpy(np.sort(res.numpy(), axis=0))
+    else:
+        s = torch.sort(res, dim=0).values
+    del res
+    return (s[torch.as_tensor(ranks).to(s.device)].contiguous(), s[0].clone(),
+            s[-1].clone())
