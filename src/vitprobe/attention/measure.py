@@ -18,10 +18,13 @@ import xarray as xr
 
 from vitprobe.attention.angles import VARIANTS, AngleAccumulator
 from vitprobe.attention.result import attach_qk
+from vitprobe.schema import RANDOM_INIT, TRAINED, stack_models
 
 __all__ = ["compare_angles", "measure_angles"]
 
-_PER_MODEL_ATTRS = ("model_spec", "model_source", "pretrained")
+#: attrs of one model's run that say nothing about the stacked file (spec and source
+#: become coordinates along ``model``)
+_ONE_MODEL_ATTRS = ("pretrained", "image_report")
 
 
 def _bar(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterator:
@@ -114,18 +117,10 @@ def measure_angles(
 
 
 def _stack_models(parts: dict[str, xr.Dataset]) -> xr.Dataset:
-    """Concatenate per-model Datasets along ``model``; model-specific attrs become coords."""
-    labels = list(parts)
-    per_model = {k: [str(parts[m].attrs.get(k, "")) for m in labels] for k in _PER_MODEL_ATTRS}
-    ds = xr.concat(list(parts.values()), dim="model", data_vars="all", coords="minimal",
-                   compat="override", join="override", combine_attrs="override")
-    ds = ds.assign_coords(
-        model=("model", labels, {"long_name": "model weights",
-                                 "description": "trained weights or a random-init control"}),
-        model_spec=("model", per_model["model_spec"], {"long_name": "model spec"}),
-        model_source=("model", per_model["model_source"], {"long_name": "weight source"}),
-    )
-    for k in (*_PER_MODEL_ATTRS, "image_report"):
+    """Per-model Datasets along ``model`` (:func:`vitprobe.schema.stack_models`), without
+    the per-run attrs that only describe one of them."""
+    ds = stack_models(parts)
+    for k in _ONE_MODEL_ATTRS:
         ds.attrs.pop(k, None)
     return ds
 
@@ -157,10 +152,10 @@ def compare_angles(
         A Dataset with a ``model`` dim (``trained``/``random-init``; coords
         ``model_spec``, ``model_source``) and ``qk_*`` variables when ``qk``.
     """
-    first = "trained" if getattr(model, "pretrained", True) else "random-init"
+    first = TRAINED if getattr(model, "pretrained", True) else RANDOM_INIT
     models = {first: model}
     if control is not None:
-        models["random-init" if first == "trained" else "control"] = control
+        models[RANDOM_INIT if first == TRAINED else "control"] = control
     parts = {}
     for label, m in models.items():
         parts[label] = measure_angles(m, images, **kwargs)

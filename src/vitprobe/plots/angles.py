@@ -32,6 +32,9 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from vitprobe.plots.common import as_results, model_color, model_label, model_names
+from vitprobe.schema import MODEL_DIM
+
 __all__ = [
     "plot_angle_distributions",
     "plot_angle_summary",
@@ -40,36 +43,26 @@ __all__ = [
 ]
 
 _BASELINE = "0.6"
-_RANDOM = "0.45"
-_TRAINED = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+#: the model under study; controls take their grey from :func:`vitprobe.schema.model_style`
+_MAIN_COLOR = "tab:blue"
 _VARIANT_STYLE = {"raw": "-", "centered": "--"}
 _DEG = "angle between embeddings (degrees)"
 
 
-def _models(ds: xr.Dataset) -> list[str | None]:
-    return [str(m) for m in ds["model"].values] if "model" in ds.dims else [None]
+def _models(ds: xr.Dataset) -> list[str]:
+    return model_names(ds)
 
 
-def _sel(ds: xr.Dataset, model: str | None) -> xr.Dataset:
-    return ds if model is None else ds.sel(model=model)
+def _sel(ds: xr.Dataset, model: str) -> xr.Dataset:
+    return as_results(ds).sel({MODEL_DIM: model})
 
 
-def _colors(ds: xr.Dataset) -> dict[str | None, str]:
-    out, i = {}, 0
-    for m in _models(ds):
-        if m is not None and "random" in m:
-            out[m] = _RANDOM
-        else:
-            out[m] = _TRAINED[i % len(_TRAINED)]
-            i += 1
-    return out
+def _colors(ds: xr.Dataset) -> dict[str, str]:
+    return {m: model_color(ds, m, _MAIN_COLOR) for m in model_names(ds)}
 
 
-def _label(ds: xr.Dataset, model: str | None) -> str:
-    if model is None:
-        return str(ds.attrs.get("model_spec", "model"))
-    spec = str(ds["model_spec"].sel(model=model).values) if "model_spec" in ds.coords else ""
-    return f"{model} ({spec})" if spec else model
+def _label(ds: xr.Dataset, model: str) -> str:
+    return model_label(ds, model)
 
 
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -319,7 +312,7 @@ def save_angle_figures(ds: xr.Dataset, out_dir: str | Path, *, dpi: int = 130) -
 
     for variant in ds["variant"].values:
         for model in _models(ds):
-            tag = "model" if model is None else model.replace(" ", "_")
+            tag = model.replace(" ", "_")
             save(plot_angle_distributions(ds, model=model, variant=str(variant)),
                  f"angle_distributions_{tag}_{variant}.png")
         save(plot_attention_vs_angle(ds, variant=str(variant)),

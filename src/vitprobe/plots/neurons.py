@@ -28,6 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vitprobe.errors import ResultsError
+from vitprobe.plots.common import SUBLAYER_TITLES, model_color, split
+from vitprobe.schema import MODEL_DIM
 
 __all__ = [
     "bowtie_image",
@@ -38,26 +40,30 @@ __all__ = [
     "plot_mi_vs_distance",
 ]
 
-SUBLAYER_TITLES = {"attn": "MHA", "mlp": "MLP"}
-CONTROL_COLOR = "0.45"
+CONTROL_LINE = "--"
 
 
-def _split_models(ds: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset | None, str]:
-    """(trained, control or None, control label) from a result with an optional ``model``
-    dim (``vitprobe run --control random-init`` stacks the two)."""
-    if "model" not in ds.dims:
-        return ds, None, ""
-    labels = [str(v) for v in ds["model"].values]
-    main = "trained" if "trained" in labels else labels[0]
-    others = [v for v in labels if v != main]
-    control = ds.sel(model=others[0]) if others else None
-    return ds.sel(model=main), control, (others[0] if others else "")
+def _split_models(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, tuple[xr.Dataset, str]]]:
+    """(main model, {control: (Dataset, grey shade)}) of a results or bare Dataset."""
+    main, ctrls = split(ds)
+    return main, {name: (c, model_color(ds, name, "k")) for name, c in ctrls.items()}
 
 
 def _need(ds: xr.Dataset, *names: str) -> None:
     missing = [n for n in names if n not in ds]
     if missing:
         raise ResultsError(f"dataset lacks {missing}: is this the right results file?")
+
+
+def _one_model(ds: xr.Dataset, model: str | None) -> xr.Dataset:
+    """The slice of variant ``model`` (default the main model) of a results or bare Dataset."""
+    main, ctrls = split(ds)
+    if model is None or model == str(main[MODEL_DIM].values):
+        return main
+    if model not in ctrls:
+        raise ResultsError(f"no model {model!r} in the results; they hold "
+                           f"{[str(main[MODEL_DIM].values), *ctrls]}")
+    return ctrls[model]
 
 
 def _cell_edges(inner: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -152,7 +158,7 @@ def plot_bowtie(ds: xr.Dataset, layer: int, sublayer: str, *, channel: int | Non
                 position: int | None = None, pair: int | None = None, ax: Axes | None = None,
                 space: str = "activation", normalise: str = "max", gamma: float | None = None,
                 cmap: str = "magma", title: str | None = None,
-                label_axes: bool = True) -> Figure:
+                label_axes: bool = True, model: str | None = None) -> Figure:
     """Bowtie plot of a stored pair: p(y | x), x = central neuron, y = the other neuron.
 
     Parameters
@@ -174,12 +180,14 @@ def plot_bowtie(ds: xr.Dataset, layer: int, sublayer: str, *, channel: int | Non
         Schwartz & Simoncelli 2001); ``"sum"``: each column sums to 1.
     gamma : colour scale exponent (``PowerNorm``); default 0.5 in activation space (the
         tails stay visible next to the peak), 1 (linear) in rank space.
+    model : the variant along ``model`` to draw (default the main model).
 
     A linear dependence shows as a diagonal; a dependence of the spread of y on |x|
     at zero correlation as a bowtie.
     """
     from matplotlib.colors import PowerNorm
 
+    ds = _one_model(ds, model)
     counts, cx, px, cy, py = _pair(ds, layer, sublayer, channel, position, pair)
     xe = _edges_of(ds, layer, sublayer, cx, px)
     ye = _edges_of(ds, layer, sublayer, cy, py)
@@ -229,19 +237,23 @@ def _position_at(ds: xr.Dataset, d: int) -> int | None:
 def plot_bowtie_rows(ds: xr.Dataset, sublayer: str = "attn", *,
                      distances: Sequence[int] = (1, 2, 4, 7),
                      layers: Sequence[int] | None = None, channel: int | None = None,
-                     space: str = "activation", cmap: str = "magma") -> Figure:
+                     space: str = "activation", cmap: str = "magma",
+                     model: str | None = None) -> Figure:
     """Joint conditional statistics of a central neuron and its neighbours at growing
     distance: one row of bowties per layer (the poster's Figure 3).
 
     Each row uses the layer's first kept channel (by default the one with the highest
     MI at distance 1) unless ``channel`` is given; the neighbour sits on the centre's
-    row, ``d`` patches to the right (left where the grid ends).
+    row, ``d`` patches to the right (left where the grid ends). ``model`` picks the
+    variant along ``model`` (default the main model).
     """
+    ds = _one_model(ds, model)
     _need(ds, "joint_counts", "kept_channel")
     layers = [int(v) for v in (ds.layer.values if layers is None else layers)]
     dists = [d for d in distances if _position_at(ds, int(d)) is not None]
     if not dists:
         raise ValueError("no requested distance fits on the grid")
+    ds = _bowtie_subset(ds, layers, sublayer, channel, [int(d) for d in dists])
     fig = Figure(figsize=(1.9 * len(dists) + 0.8, 1.75 * len(layers) + 0.7))
     axes = fig.subplots(len(layers), len(dists), squeeze=False)
     for i, layer in enumerate(layers):
@@ -264,6 +276,23 @@ def plot_bowtie_rows(ds: xr.Dataset, sublayer: str = "attn", *,
     return fig
 
 
+def _bowtie_subset(ds: xr.Dataset, layers: list[int], sublayer: str, channel: int | None,
+                   dists: list[int]) -> xr.Dataset:
+    """The few values the bowtie rows read, loaded at once.
+
+    A results file opened lazily would otherwise be read (and decompressed) once per
+    panel; the edges alone are layers x channels x positions x (B-1) values.
+    """
+    names = ["joint_counts", "kept_channel", "edges", "calibration_min", "calibration_max"]
+    sub = ds[names].sel(layer=layers, sublayer=[sublayer])
+    kept = sub.kept_channel.values
+    channels = sorted({int(channel)} if channel is not None else
+                      {int(c) for c in np.ravel(kept[..., :1]) if c >= 0})
+    centre = int(ds.attrs["centre_row"]) * int(ds.attrs["grid_cols"]) + int(ds.attrs["centre_col"])
+    positions = sorted({centre, *(p for d in dists if (p := _position_at(ds, d)) is not None)})
+    return sub.sel(channel=channels, position=positions).load()
+
+
 def plot_mi_vs_distance(ds: xr.Dataset, *, layers: Sequence[int] | None = None,
                         exclude_layers: Sequence[int] = (), errorbars: bool = True,
                         show_null: bool = True, spread: bool = False,
@@ -279,7 +308,7 @@ def plot_mi_vs_distance(ds: xr.Dataset, *, layers: Sequence[int] | None = None,
     grey dashed lines, one per layer.
     """
     _need(ds, "mi_vs_distance")
-    ds, control, control_label = _split_models(ds)
+    ds, ctrls = _split_models(ds)
     subs = [s for s in ("attn", "mlp") if s in ds.sublayer.values]
     layers = [int(v) for v in (ds.layer.values if layers is None else layers)
               if int(v) not in set(exclude_layers)]
@@ -311,11 +340,11 @@ def plot_mi_vs_distance(ds: xr.Dataset, *, layers: Sequence[int] | None = None,
             if spread:
                 sd = ds.mi_vs_distance_channel_std.sel(layer=layer, sublayer=s).values
                 ax.fill_between(dist, y - sd, y + sd, color=color, alpha=0.15, lw=0)
-        if control is not None:
+        for name, (control, color) in ctrls.items():
             for i, layer in enumerate(layers):
                 y = control.mi_vs_distance.sel(layer=layer, sublayer=s).values
-                ax.plot(dist, y, color=CONTROL_COLOR, lw=0.8, ls="--", zorder=1,
-                        label=f"{control_label} (all layers)" if i == 0 else None)
+                ax.plot(dist, y, color=color, lw=0.8, ls=CONTROL_LINE, zorder=1,
+                        label=f"{name} (all layers)" if i == 0 else None)
         ax.set_title(SUBLAYER_TITLES.get(s, s))
         ax.set_xlabel("distance from the central patch (patches, rounded)")
         if logy:
@@ -341,7 +370,7 @@ def plot_activation_distributions(ds: xr.Dataset, *, layers: Sequence[int] | Non
     distribution (all layers pooled) is drawn in grey.
     """
     _need(ds, "histogram", "bin_lower", "bin_upper")
-    ds, control, control_label = _split_models(ds)
+    ds, ctrls = _split_models(ds)
     var = "histogram_centre" if centre_only else "histogram"
     subs = [s for s in ("attn", "mlp") if s in ds.sublayer.values]
     layers = [int(v) for v in (ds.layer.values if layers is None else layers)]
@@ -361,13 +390,13 @@ def plot_activation_distributions(ds: xr.Dataset, *, layers: Sequence[int] | Non
             dens = h[inner] / h.sum() / w
             ax.semilogy(zc, np.where(dens > 0, dens, np.nan),
                         color=cmap(layer / max(n_layers - 1, 1)), lw=1, label=f"layer {layer + 1}")
-        if control is not None:
+        for name, (control, color) in ctrls.items():
             h = control[var].sel(sublayer=s, layer=layers).sum(("layer", "channel")).values
             h = h.astype(np.float64)
             if h.sum() > 0:
                 dens = h[inner] / h.sum() / w
-                ax.semilogy(zc, np.where(dens > 0, dens, np.nan), color=CONTROL_COLOR, lw=1.6,
-                            alpha=0.7, label=f"{control_label} (all layers)")
+                ax.semilogy(zc, np.where(dens > 0, dens, np.nan), color=color, lw=1.6,
+                            alpha=0.7, label=f"{name} (all layers)")
         ax.semilogy(zc, np.exp(-zc**2 / 2) / np.sqrt(2 * np.pi), "k--", lw=1, label="normal")
         ax.set_title(SUBLAYER_TITLES.get(s, s))
         ax.set_xlabel("activation (calibration s.d. from the mean)")
@@ -391,7 +420,7 @@ def plot_kurtosis(ds: xr.Dataset, *, layers: Sequence[int] | None = None) -> Fig
     control's median per layer is drawn as grey dashed lines with open markers.
     """
     _need(ds, "excess_kurtosis")
-    ds, control, control_label = _split_models(ds)
+    ds, ctrls = _split_models(ds)
     subs = [s for s in ("attn", "mlp") if s in ds.sublayer.values]
     layers = [int(v) for v in (ds.layer.values if layers is None else layers)]
     fig = Figure(figsize=(max(4.5, 0.45 * len(layers) * len(subs) + 1.5), 3.6))
@@ -413,13 +442,13 @@ def plot_kurtosis(ds: xr.Dataset, *, layers: Sequence[int] | None = None) -> Fig
             ax.hlines(q50, x - width * 0.4, x + width * 0.4, color="k", lw=1.2)
         ax.plot([], [], color=colors.get(s, "k"), lw=6, alpha=0.5,
                 label=SUBLAYER_TITLES.get(s, s))
-        if control is not None:
+        for name, (control, color) in ctrls.items():
             x = np.arange(len(layers)) + (k - (len(subs) - 1) / 2) * width
             med = [float(np.nanmedian(control.excess_kurtosis.sel(layer=la, sublayer=s)))
                    for la in layers]
-            ax.plot(x, med, color=CONTROL_COLOR, ls="--", lw=0.9, marker="o", ms=3.5,
+            ax.plot(x, med, color=color, ls=CONTROL_LINE, lw=0.9, marker="o", ms=3.5,
                     mfc="white", mec=colors.get(s, "k"),
-                    label=f"{control_label} median, {SUBLAYER_TITLES.get(s, s)}")
+                    label=f"{name} median, {SUBLAYER_TITLES.get(s, s)}")
     ax.axhline(0, color="0.4", lw=0.8, ls="--")
     ax.set_xticks(range(len(layers)), [str(v + 1) for v in layers])
     ax.set_xlabel("layer")

@@ -30,29 +30,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FormatStrFormatter
 
+from vitprobe.plots.common import as_results, model_color, model_label, model_names
+from vitprobe.schema import MODEL_DIM
+
 __all__ = ["plot_qk_spectra", "plot_qk_summary", "plot_sym_asym_intuition"]
 
-_BASELINE_COLOR = "0.55"
-_TRAINED_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+#: the model under study; controls take their grey from :func:`vitprobe.schema.model_style`
+_MAIN_COLOR = "tab:blue"
 
 
 def _colors(ds: xr.Dataset) -> dict[str, str]:
-    out, i = {}, 0
-    for label in ds["model"].values:
-        label = str(label)
-        if "random" in label:
-            out[label] = _BASELINE_COLOR
-        else:
-            out[label] = _TRAINED_COLORS[i % len(_TRAINED_COLORS)]
-            i += 1
-    return out
+    return {m: model_color(ds, m, _MAIN_COLOR) for m in model_names(ds)}
 
 
 def _model_name(ds: xr.Dataset, label: str) -> str:
-    spec = ""
-    if "model_spec" in ds.coords:
-        spec = str(ds["model_spec"].sel(model=label).values)
-    return f"{label} ({spec})" if spec else label
+    return model_label(ds, label)
 
 
 def _options(ds: xr.Dataset) -> str:
@@ -106,6 +98,7 @@ def plot_qk_spectra(
     n_modes : draw only the first n modes of each spectrum (the poster kept 40); for
         eig(M_sym) the first and last n/2 are kept, so the negative end stays visible.
     """
+    ds = as_results(ds)
     layers = list(range(ds.sizes["layer"])) if layers is None else list(layers)
     colors = _colors(ds)
     nrow = len(layers)
@@ -125,8 +118,8 @@ def plot_qk_spectra(
     for row, layer in enumerate(layers):
         for col, (var, title) in enumerate(panels):
             ax = axes[row, col]
-            for label in ds["model"].values:
-                sub = ds.sel(model=label, layer=layer)
+            for label in model_names(ds):
+                sub = ds.sel({MODEL_DIM: label, "layer": layer})
                 vals = sub[var].values  # (head, mode)
                 if normalize:
                     vals = vals / sub["frobenius_norm"].values[:, None]
@@ -148,8 +141,8 @@ def plot_qk_spectra(
             if row == nrow - 1:
                 ax.set_xlabel("mode (sorted)", fontsize=9)
     handles = [
-        Line2D([], [], color=colors[str(lb)], lw=1.8, label=_model_name(ds, str(lb)))
-        for lb in ds["model"].values
+        Line2D([], [], color=colors[lb], lw=1.8, label=_model_name(ds, lb))
+        for lb in model_names(ds)
     ]
     handles.append(Line2D([], [], color="k", lw=0.6, alpha=0.5, label="single heads (thin)"))
     fig.legend(
@@ -180,15 +173,16 @@ def plot_qk_summary(ds: xr.Dataset, *, band: tuple[float, float] = (25.0, 75.0))
     Saponati et al. 2025's per-layer quantity). Dotted grey lines mark the value expected
     for a random matrix where one exists (0.5, 0, 0, 1).
     """
+    ds = as_results(ds)
     colors = _colors(ds)
     fig, axes = plt.subplots(2, 4, figsize=(13.5, 6.2), layout="constrained")
     x = ds["layer"].values + 1
     for ax, (var, title, ref) in zip(axes.flat, _SUMMARY, strict=True):
         if var == "energy_top_k":
             title = title.replace("top-k", f"top-{ds.attrs.get('top_k', 'k')}")
-        for label in ds["model"].values:
-            vals = ds[var].sel(model=label).values  # (layer, head)
-            c = colors[str(label)]
+        for label in model_names(ds):
+            vals = ds[var].sel({MODEL_DIM: label}).values  # (layer, head)
+            c = colors[label]
             with warnings.catch_warnings():  # all-NaN rows (degenerate heads) stay NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
                 lo, hi = np.nanpercentile(vals, band, axis=1)
@@ -197,7 +191,7 @@ def plot_qk_summary(ds: xr.Dataset, *, band: tuple[float, float] = (25.0, 75.0))
             if var == "symmetry" and "layer_symmetry" in ds:
                 ax.plot(
                     x,
-                    ds["layer_symmetry"].sel(model=label).values,
+                    ds["layer_symmetry"].sel({MODEL_DIM: label}).values,
                     color=c,
                     lw=1.2,
                     ls="--",
@@ -218,9 +212,9 @@ def plot_qk_summary(ds: xr.Dataset, *, band: tuple[float, float] = (25.0, 75.0))
         ax.tick_params(labelsize=8)
     handles = [
         Line2D(
-            [], [], color=colors[str(lb)], lw=1.8, marker="o", ms=3, label=_model_name(ds, str(lb))
+            [], [], color=colors[lb], lw=1.8, marker="o", ms=3, label=_model_name(ds, lb)
         )
-        for lb in ds["model"].values
+        for lb in model_names(ds)
     ]
     handles += [
         Line2D(

@@ -1,10 +1,15 @@
-"""The report: every figure and ``report.html``, redrawn from a results folder alone."""
+"""The report: every figure and ``report.html``, redrawn from a results folder alone.
+
+Sections, figures and findings come from the registered analyses
+(:mod:`vitprobe.analyses`); this package only reads the files, draws in parallel and
+assembles the page.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_report", "open_results"]
+__all__ = ["ResultFiles", "build_report", "open_results", "report_figures"]
 
 
 def __getattr__(name: str) -> Any:

@@ -296,6 +296,8 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
         "groups": groups_attr(acc.groups),
         "estimator": ESTIMATOR_DOC if method == "extrapolated" else f"{method} (binned)",
         "method": method, "bins": b, "n_images": int(acc.n),
+        # the extrapolation coefficient, so that readers need not import the estimator
+        "kappa": KAPPA if method == "extrapolated" else 0.0,
         "samples_per_cell": acc.n / b**2,
         "calibration_images": int(acc.calibration_n),
         "n_null_pairs": int(acc.n_null), "split_half": int(acc.split_half),

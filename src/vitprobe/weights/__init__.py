@@ -2,7 +2,8 @@
 
 Public API (imported lazily so that ``vitprobe --help`` does not import torch):
 
-- :func:`analyze_qk` (model or factors -> ``xarray.Dataset``), :func:`save_qk`,
+- :func:`analyze_qk` (model or factors -> ``xarray.Dataset``), :func:`analyze_qk_models`
+  (several, stacked along ``model``), :func:`save_qk`,
   :func:`load_qk`, :func:`summary_table`;
 - :func:`qk_spectra` (exact low-rank spectra from factor arrays) and
   :func:`dense_qk_spectra` (dense numpy reference);
@@ -19,6 +20,7 @@ from vitprobe._lazy import lazy_exports
 
 _EXPORTS = {
     "analyze_qk": "vitprobe.weights.analysis",
+    "analyze_qk_models": "vitprobe.weights.analysis",
     "as_factors": "vitprobe.weights.analysis",
     "save_qk": "vitprobe.weights.io",
     "load_qk": "vitprobe.weights.io",

@@ -11,6 +11,7 @@ factors (see :mod:`vitprobe.weights.lowrank`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 import xarray as xr
 
 from vitprobe.errors import UnsupportedModelError
+from vitprobe.schema import RANDOM_INIT, TRAINED, stack_models
 from vitprobe.weights import measures as ms
 from vitprobe.weights.factors import (
     QKFactors,
@@ -27,7 +29,7 @@ from vitprobe.weights.factors import (
 )
 from vitprobe.weights.lowrank import qk_spectra
 
-__all__ = ["analyze_qk", "as_factors", "layer_sum_norms"]
+__all__ = ["analyze_qk", "analyze_qk_models", "as_factors", "layer_sum_norms"]
 
 REFERENCES = (
     "Philip, Pan & Schwartz, poster 'Probing vision transformer attention' (Figs. 5-6); "
@@ -285,8 +287,8 @@ def analyze_qk(
     fold_ln: bool = False,
     scale: bool = False,
     top_k: int = 8,
-    label: str = "trained",
-    baseline_label: str = "random-init",
+    label: str = TRAINED,
+    baseline_label: str = RANDOM_INIT,
 ) -> xr.Dataset:
     """Query-key weight analysis of every head (and every layer's summed M).
 
@@ -317,39 +319,63 @@ def analyze_qk(
         per-head measures, per-layer summed-M measures, bias terms and top-k vectors;
         each variable has ``long_name``, ``units`` and ``description`` attrs.
     """
+    named = {label: model}
+    if baseline is not None:
+        if baseline_label == label:
+            raise ValueError(f"model labels must differ, got {label!r} twice")
+        named[baseline_label] = baseline
+    return analyze_qk_models(named, fold_ln=fold_ln, scale=scale, top_k=top_k)
+
+
+def analyze_qk_models(
+    models: Mapping[str, Any],
+    *,
+    fold_ln: bool = False,
+    scale: bool = False,
+    top_k: int = 8,
+) -> xr.Dataset:
+    """:func:`analyze_qk` of several models of the same shape, stacked along ``model``.
+
+    Parameters
+    ----------
+    models
+        Variant name -> model (anything :func:`analyze_qk` takes), the model under study
+        first, then its controls (:mod:`vitprobe.schema`).
+    fold_ln, scale, top_k
+        As :func:`analyze_qk`.
+
+    Returns
+    -------
+    xarray.Dataset
+        As :func:`analyze_qk`, with one entry along ``model`` per item of ``models``.
+
+    Raises
+    ------
+    UnsupportedModelError
+        A model's weights do not have the first model's shape.
+    ValueError
+        ``models`` is empty.
+    """
     from vitprobe import __version__
 
-    models = [as_factors(model)]
-    labels = [label]
-    if baseline is not None:
-        models.append(as_factors(baseline))
-        labels.append(baseline_label)
-        if models[1].W_Q.shape != models[0].W_Q.shape:
+    if not models:
+        raise ValueError("no models to analyse")
+    labels = [str(k) for k in models]
+    factors = [as_factors(m) for m in models.values()]
+    for lb, f in zip(labels[1:], factors[1:], strict=True):
+        if f.W_Q.shape != factors[0].W_Q.shape:
             raise UnsupportedModelError(
-                f"baseline shape {models[1].W_Q.shape} differs from {models[0].W_Q.shape}"
+                f"{lb} shape {f.W_Q.shape} differs from {factors[0].W_Q.shape}"
             )
-    parts = [_one_model(f, fold_ln=fold_ln, scale=scale, top_k=top_k) for f in models]
-    ds = xr.concat(
-        parts,
-        dim="model",
-        data_vars="all",
-        coords="minimal",
-        compat="override",
-        join="override",
-        combine_attrs="override",
-    )
-    f0 = models[0]
+    # per-model spec and source become coordinates along ``model`` (one stacking routine)
+    ds = stack_models({
+        lb: _one_model(f, fold_ln=fold_ln, scale=scale, top_k=top_k).assign_attrs(
+            model_spec=f.spec, model_source=f.source)
+        for lb, f in zip(labels, factors, strict=True)})
+    f0 = factors[0]
     L, H, d, r = f0.W_Q.shape
     k = ds.sizes["top"]
     ds = ds.assign_coords(
-        model=(
-            "model",
-            labels,
-            {
-                "long_name": "model weights",
-                "description": "trained weights or a random-init baseline",
-            },
-        ),
         layer=(
             "layer",
             np.arange(L),
@@ -376,16 +402,16 @@ def analyze_qk(
             np.asarray(f0.kv_head),
             {"long_name": "key head read by this query head", "units": "1"},
         ),
-        model_spec=("model", [m.spec for m in models], {"long_name": "model spec"}),
-        model_source=("model", [m.source for m in models], {"long_name": "weight source"}),
     )
+    ds["model_spec"].attrs["long_name"] = "model spec"
+    ds["model_source"].attrs["long_name"] = "weight source"
     ds.attrs = {
         "title": "Query-key weight analysis (vitprobe qk)",
         "model_spec": f0.spec,
         "model_source": f0.source,
         "family": f0.family,
-        "baseline_spec": models[1].spec if len(models) > 1 else "",
-        "baseline_source": models[1].source if len(models) > 1 else "",
+        "baseline_spec": factors[1].spec if len(factors) > 1 else "",
+        "baseline_source": factors[1].source if len(factors) > 1 else "",
         "fold_ln": int(fold_ln),
         "scale": int(scale),
         "top_k": int(k),
@@ -396,5 +422,6 @@ def analyze_qk(
         "layer_convention": "layer coordinate is 0-based; labelled 1..L in figures",
         "vitprobe_version": __version__,
         "references": REFERENCES,
+        "models": labels,
     }
     return ds

@@ -1,0 +1,47 @@
+"""How every figure reads the ``model`` axis: through :mod:`vitprobe.schema` only.
+
+Figures accept a results file (``model`` dimension first, main model then controls)
+or a bare accumulator Dataset (one model, no ``model`` dimension: what
+``acc.result()`` returns), which is treated as the main model alone.
+"""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from vitprobe.schema import MODEL_DIM, TRAINED, model_style, split_models, stack_models
+
+__all__ = ["SUBLAYER_TITLES", "as_results", "model_color", "model_label", "model_names", "split"]
+
+SUBLAYER_TITLES = {"attn": "MHA", "mlp": "MLP"}
+
+
+def as_results(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with the ``model`` dimension (a bare one-model Dataset becomes the main model)."""
+    return ds if MODEL_DIM in ds.dims else stack_models({TRAINED: ds})
+
+
+def split(ds: xr.Dataset) -> tuple[xr.Dataset, dict[str, xr.Dataset]]:
+    """``(main, {control: Dataset})`` of a results or bare Dataset (:func:`split_models`)."""
+    return split_models(as_results(ds))
+
+
+def model_names(ds: xr.Dataset) -> list[str]:
+    """The variants along ``model``, main model first."""
+    return [str(v) for v in as_results(ds)[MODEL_DIM].values]
+
+
+def model_color(ds: xr.Dataset, name: str, main_color: str) -> str:
+    """``main_color`` for the model under study, the control's grey shade otherwise."""
+    style = model_style(model_names(ds), name)
+    return main_color if style.is_main or style.color is None else style.color
+
+
+def model_label(ds: xr.Dataset, name: str) -> str:
+    """``"trained (timm:vit_base_patch16_224)"``: the variant and, where saved, its spec."""
+    full = as_results(ds)
+    if "model_spec" in full.coords and MODEL_DIM in full["model_spec"].dims:
+        spec = str(full["model_spec"].sel({MODEL_DIM: name}).values)
+    else:
+        spec = str(full.attrs.get("model_spec", ""))
+    return f"{name} ({spec})" if spec else name

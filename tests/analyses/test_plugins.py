@@ -1,0 +1,130 @@
+"""Every registered analysis as a plug-in on a tiny random-init ViT: accumulators ->
+results -> figures and findings, driven only through vitprobe.analyses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from tests.analyses.conftest import CONTEXT
+from tests.analyses.helpers import run_analysis
+from vitprobe.analyses import REGISTRY, Analysis, analysis_names, get_analysis
+from vitprobe.errors import VitprobeError
+from vitprobe.schema import MODEL_DIM, RANDOM_INIT, TRAINED, controls, main_model
+from vitprobe.weights import analyze_qk
+
+
+def test_registry_holds_the_four_analyses_in_report_order() -> None:
+    assert analysis_names()[:4] == ("moments", "mi", "angles", "qk")
+    for name in REGISTRY:
+        a = get_analysis(name)
+        assert isinstance(a, Analysis) and a.name == name and a.files and a.summary
+        assert all(spec.needs and set(spec.needs) <= {*a.files, "qk"} for spec in a.figures)
+    assert [get_analysis(n).needs_images for n in ("moments", "mi", "angles", "qk")] == \
+        [True, True, True, False]
+    with pytest.raises(VitprobeError, match="unknown analysis 'nope'"):
+        get_analysis("nope")
+
+
+@pytest.mark.parametrize("name", ["moments", "mi", "angles", "qk"])
+def test_results_have_the_model_axis_and_every_figure_draws(name, results) -> None:
+    analysis = get_analysis(name)
+    for file in analysis.files:
+        ds = results[file]
+        assert [str(v) for v in ds[MODEL_DIM].values] == [TRAINED, RANDOM_INIT]
+        assert list(controls(ds)) == [RANDOM_INIT]
+    drawn = 0
+    for spec in analysis.figures:
+        assert spec.available(results), spec.slug  # a control ran: control figures too
+        fig = spec.draw(results)
+        assert isinstance(fig, Figure) and fig.axes, spec.slug
+        fig.canvas.draw()  # renders without error
+        caption = spec.caption(results, {"images": {"source": "random", "n_selected": 24}})
+        assert "24 images" in caption or spec.slug.startswith("qk"), spec.slug
+        drawn += 1
+    assert drawn == len(analysis.figures)
+    found = analysis.findings(results)
+    assert found and all(isinstance(s, str) and s.endswith(".") for s in found)
+
+
+def test_streaming_results_match_the_accumulators_run_directly(models, pixels, results):
+    """The plug-in's moments equal a NeuronMoments run by hand on the same batches."""
+    from vitprobe.stats import NeuronLayout, NeuronMoments
+
+    m = models[TRAINED]
+    acc = NeuronMoments(NeuronLayout.from_model(m))
+    for i in range(0, len(pixels), CONTEXT.batch_size):
+        acc.update(m.run_with_cache(pixels[i:i + CONTEXT.batch_size], acc.sites)[1])
+    want = acc.result()
+    got = main_model(results["moments"])
+    np.testing.assert_array_equal(got["excess_kurtosis"].values, want["excess_kurtosis"].values)
+    assert got.attrs["n_images"] == 24
+
+
+def test_mi_plan_uses_the_real_image_count_and_the_budget(models) -> None:
+    from vitprobe.analyses.mi import mi_bins, plan_mi_passes
+
+    m = models[TRAINED]
+    mi = get_analysis("mi")
+    assert mi.plan(m, CONTEXT) == 1
+    assert mi_bins(dataclasses.replace(CONTEXT, options={})) == 4  # choose_bins(24)
+    assert mi_bins(dataclasses.replace(CONTEXT, n_images=20_000, options={})) == 32
+    tight = dataclasses.replace(CONTEXT, memory_budget=1)
+    with pytest.raises(VitprobeError, match="one \\(layer, sublayer\\) group needs"):
+        plan_mi_passes(m, tight)
+    assert mi.accumulators(m, CONTEXT, 1) == {}
+    assert get_analysis("moments").accumulators(m, CONTEXT, 1) == {}
+    assert get_analysis("angles").accumulators(m, CONTEXT, 1) == {}
+
+
+def test_mi_split_over_passes_equals_one_pass(models, pixels, results) -> None:
+    """A budget that fits one (layer, sublayer) group per pass: four passes, each
+    layer's MHA and MLP in different passes; the combined file equals one pass."""
+    from vitprobe.analyses.mi import plan_mi_passes
+    from vitprobe.stats.layout import NeuronLayout
+    from vitprobe.stats.planning import joint_memory
+
+    m = models[TRAINED]
+    layout = NeuronLayout.from_model(m)
+    one = joint_memory(layout, 4, n_groups=1, channels=8, calibration_images=8, batch_size=8,
+                       max_images=24).peak
+    split = dataclasses.replace(CONTEXT, memory_budget=one)
+    plan = plan_mi_passes(m, split)
+    assert plan == [[g] for g in layout.groups()]
+    got = run_analysis("mi", models, split, pixels)["mi"]
+    want = results["mi"]
+    assert list(got.data_vars) == list(want.data_vars)
+    for name in [*want.data_vars, *want.coords]:
+        assert got[name].dtype == want[name].dtype, name
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+        assert got[name].attrs == want[name].attrs, name
+    assert got.attrs == want.attrs
+
+
+def test_qk_runs_only_the_models_given(models, results) -> None:
+    qk = get_analysis("qk")
+    alone = qk.run({TRAINED: models[TRAINED]}, CONTEXT)["qk"]
+    assert alone.sizes[MODEL_DIM] == 1 and not controls(alone)
+    both = results["qk"]
+    want = analyze_qk(models[TRAINED], baseline=models[RANDOM_INIT])
+    for name in ("eig_sym", "positive_share", "layer_symmetry"):
+        np.testing.assert_array_equal(both[name].values, want[name].values, err_msg=name)
+    np.testing.assert_array_equal(alone["eig_sym"].values, want["eig_sym"].values[:1])
+    assert list(both["model_spec"].values) == ["timm-vit", "timm-vit"]
+
+
+def test_mi_findings_name_the_null(results) -> None:
+    text = " ".join(get_analysis("mi").findings(results))
+    assert "independent image" in text and "estimator bias" not in text
+
+
+def test_mi_caption_states_the_estimator(results) -> None:
+    from vitprobe.stats.mi import KAPPA
+
+    spec = next(s for s in get_analysis("mi").figures if s.slug == "mi_vs_distance")
+    caption = spec.caption(results, {"images": {"source": "x", "n_selected": 24}})
+    assert f"I_B + {KAPPA:g} (I_B - I_B/2)" in caption and "2 I_B" not in caption
+    assert "Miller-Madow" in caption and "independent image" in caption
