@@ -40,8 +40,8 @@ from vitprobe.analyses.base import Analysis, FigureSpec, ReportSection
 from vitprobe.cache import atomic_write
 from vitprobe.errors import ResultsError
 from vitprobe.report.html import RenderedFigure, render_page
+from vitprobe.runfolder import FIGURES_DIR, REPORT, RESULTS_DIR, read_manifest
 from vitprobe.schema import MODEL_DIM, check_schema
-from vitprobe.study import manifest as manifest_io
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["FIGURES_DIR", "REPORT", "ResultFiles", "build_report", "open_results",
            "report_figures"]
 
-FIGURES_DIR = "figures"
-REPORT = "report.html"
-RESULTS_DIR = "results"
 #: PNG resolution (dots per inch) of every figure
 DPI = 110
 
@@ -255,7 +252,7 @@ def build_report(out: str | os.PathLike, *, pdf: bool = False,
             dimension.
     """
     out = Path(out)
-    manifest = manifest_io.read(out)
+    manifest = read_manifest(out)
     fig_dir = out / FIGURES_DIR
     with ResultFiles.from_folder(out) as files:
         files.check()

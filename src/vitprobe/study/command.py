@@ -94,8 +94,7 @@ def _summary(config, result, seconds: float) -> None:
         "",
         f"vitprobe run finished in {seconds / 60:.1f} min"
         + ("  (demo scale: built-in photos, not ImageNet)" if config.is_demo else ""),
-        f"  model      {config.model}" + (f"  + control {config.control}" if config.control
-                                          else ""),
+        f"  model      {config.model} ({', '.join(config.variants)})",
         f"  images     {result.n_images} counted from {config.images}"
         + (f", {len(result.skipped)} skipped" if result.skipped else ""),
         f"  analyses   {', '.join(config.analyses)}",
