@@ -16,19 +16,34 @@ Life cycle::
     acc.merge(other_shard)              # same config, disjoint images
     ds = acc.result()                   # xarray.Dataset, saved as netCDF
     state = acc.state_dict()            # numpy arrays only: checkpoint / all-gather
+
+Besides the protocol, this module holds what every accumulator (in
+:mod:`vitprobe.stats` and :mod:`vitprobe.attention`) and the study runner share:
+:func:`run_parallel` / :func:`resolve_threads` (groups or images of a batch on
+threads) and :func:`nonfinite_rows` (the images of a batch that hold NaN or inf).
+Errors follow :mod:`vitprobe.errors`: :class:`~vitprobe.errors.NotCalibratedError`,
+:class:`~vitprobe.errors.AlreadyCalibratedError`,
+:class:`~vitprobe.errors.IncompatibleStateError` (merge and load), and so on.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import torch
+
+from vitprobe.errors import IncompatibleStateError
+
+__all__ = ["Accumulator", "nonfinite_rows", "resolve_threads", "run_parallel"]
 
 
 class Accumulator(ABC):
@@ -71,6 +86,20 @@ class Accumulator(ABC):
         """JSON-serialisable constructor arguments, stored beside saved states."""
         return {}
 
+    def check_mergeable(self, other: Accumulator) -> None:
+        """Refuse to merge ``other`` unless it is the same type with the same :meth:`config`.
+
+        Raises
+        ------
+        IncompatibleStateError
+            ``other`` is another type of accumulator or was configured differently.
+        """
+        if type(other) is not type(self) or other.config() != self.config():
+            raise IncompatibleStateError(
+                f"cannot merge {type(other).__name__} with a different configuration "
+                f"into {type(self).__name__}"
+            )
+
     # -- persistence: atomic, so an interrupted save never corrupts a checkpoint
     def save_state(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -90,3 +119,62 @@ class Accumulator(ABC):
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files if k != "__config__"}
         self.load_state_dict(state)
+
+
+# -- shared by the accumulators -----------------------------------------------------------
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _shutdown_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False)
+
+
+atexit.register(_shutdown_pools)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """Worker threads for CPU accumulation: ``threads``, or torch's intra-op count if None/0."""
+    return max(1, int(threads) if threads else torch.get_num_threads())
+
+
+def run_parallel(fn: Callable[[int], None], n: int, threads: int) -> None:
+    """Call ``fn(i)`` for ``i < n`` on up to ``threads`` threads; exceptions propagate.
+
+    numpy, torch and the compiled kernels release the GIL in their loops, so the
+    groups (or image chunks) of a batch are accumulated in parallel, as the forward
+    pass itself uses torch's intra-op threads. One pool per thread count is kept for
+    the life of the process (shut down at exit).
+    """
+    if threads <= 1 or n <= 1:
+        for i in range(n):
+            fn(i)
+        return
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="vitprobe-acc")
+    for f in [pool.submit(fn, i) for i in range(n)]:
+        f.result()
+
+
+def nonfinite_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """The images of a batch that hold NaN or inf.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Floating-point tensor, batch first: (batch, ...).
+
+    Returns
+    -------
+    torch.Tensor or None
+        None when every value is finite, else a (batch,) bool mask of the rows holding
+        NaN or inf. One sum decides the common case (about 50x cheaper than
+        ``isfinite`` on every value): NaN and inf propagate into it, and activations
+        never come near overflowing a float32 sum.
+    """
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    if bool(torch.isfinite(t.sum(dtype=acc))):
+        return None
+    return ~torch.isfinite(t).flatten(1).all(1)

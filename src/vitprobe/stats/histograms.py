@@ -28,19 +28,22 @@ import torch
 import xarray as xr
 
 from vitprobe._jit import jit_enabled
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.errors import (
+    AlreadyCalibratedError,
+    IncompatibleStateError,
+    InsufficientDataError,
+    NotCalibratedError,
+)
+from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
 from vitprobe.stats._common import (
     LAYER_ATTRS,
     SUBLAYER_ATTRS,
     as_float32_numpy,
-    check_same_config,
     group_axes,
     groups_attr,
     layout_attrs,
     patch_activations,
     position_coords,
-    resolve_threads,
-    run_parallel,
 )
 from vitprobe.stats._kernels import histogram_update
 from vitprobe.stats.layout import Group, NeuronLayout
@@ -99,7 +102,7 @@ class NeuronHistograms(Accumulator):
     # -- calibration ----------------------------------------------------------------------
     def calibrate(self, cache: Mapping[str, Any]) -> None:
         if self.calibrated:
-            raise RuntimeError("already calibrated")
+            raise AlreadyCalibratedError("the standardisation is already frozen (end_calibration)")
         if self._calib is None:
             self._calib = [None] * len(self.groups)
         nb = 0
@@ -116,7 +119,7 @@ class NeuronHistograms(Accumulator):
 
     def end_calibration(self) -> None:
         if self._calib is None or self._calib_n < 2:
-            raise ValueError("calibration needs at least 2 images")
+            raise InsufficientDataError("calibration needs at least 2 images")
         mus, invs = [], []
         for n, mean, m2, _, _ in self._calib:
             sd = torch.sqrt(m2 / (n - 1))
@@ -149,7 +152,7 @@ class NeuronHistograms(Accumulator):
 
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
-            raise RuntimeError("NeuronHistograms needs calibrate() / end_calibration() first")
+            raise NotCalibratedError("NeuronHistograms needs calibrate() / end_calibration() first")
         assert self.hist is not None and self.hist_centre is not None
         k = self.n_bins + 2
         c = self.layout.d_model
@@ -226,16 +229,18 @@ class NeuronHistograms(Accumulator):
 
     # -- state ----------------------------------------------------------------------------
     def merge(self, other: Self) -> Self:
-        check_same_config(self, other)
+        self.check_mergeable(other)
         if other.n == 0:
             return self
         if not (self.calibrated and other.calibrated):
-            raise ValueError("merge calibrated accumulators only")
+            raise IncompatibleStateError("merge calibrated accumulators only: calibrate once "
+                                         "and share the state before streaming")
         assert self.mu is not None and other.mu is not None and other.inv_sigma is not None
         if not (torch.equal(self.mu, other.mu.to(self.device))
                 and torch.equal(self.inv_sigma, other.inv_sigma.to(self.device))):
-            raise ValueError("shards were calibrated differently: share the calibration "
-                             "(load_state_dict of one calibrated accumulator) before streaming")
+            raise IncompatibleStateError("shards were calibrated differently: share the "
+                                         "calibration (load_state_dict of one calibrated "
+                                         "accumulator) before streaming")
         self.hist += other.hist.to(self.device)
         self.hist_centre += other.hist_centre.to(self.device)
         if self.hist_neuron is not None:
@@ -277,7 +282,8 @@ class NeuronHistograms(Accumulator):
     # -- results --------------------------------------------------------------------------
     def result(self) -> xr.Dataset:
         if not self.calibrated:
-            raise ValueError("not calibrated")
+            raise NotCalibratedError(
+                "NeuronHistograms.result() needs calibrate() / end_calibration() first")
         assert self.mu is not None and self.inv_sigma is not None
         layers, subs = group_axes(self.groups)
         c, p, k = self.layout.d_model, self.layout.n_positions, self.n_bins + 2

@@ -51,13 +51,19 @@ import torch
 import xarray as xr
 
 from vitprobe._jit import jit_enabled
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.errors import (
+    AlreadyCalibratedError,
+    ConfigurationError,
+    CountOverflowError,
+    IncompatibleStateError,
+    InputShapeError,
+    InsufficientDataError,
+    NotCalibratedError,
+)
+from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
 from vitprobe.stats._common import (
     as_float32_numpy,
-    check_same_config,
     patch_activations,
-    resolve_threads,
-    run_parallel,
 )
 from vitprobe.stats._kernels import joint_update
 from vitprobe.stats.binning import digitize, edge_ranks
@@ -145,7 +151,7 @@ class JointCounts(Accumulator):
                  seed: int = 0, count_dtype: str = "auto", threads: int | None = None,
                  device: str | torch.device | None = None) -> None:
         if bins < 2 or bins % 2 or bins > 256:
-            raise ValueError(f"bins must be even and in [2, 256], got {bins}")
+            raise ConfigurationError(f"bins must be even and in [2, 256], got {bins}")
         self.layout = layout
         self.bins = int(bins)
         self.groups = layout.check_groups(groups)
@@ -153,11 +159,11 @@ class JointCounts(Accumulator):
         ch = np.arange(layout.d_model) if channels is None else np.asarray(channels, np.int64)
         if ch.ndim != 1 or ch.size == 0 or ch.min() < 0 or ch.max() >= layout.d_model \
                 or np.unique(ch).size != ch.size:
-            raise ValueError("channels must be distinct indices below d_model")
+            raise ConfigurationError("channels must be distinct indices below d_model")
         self.channels = ch
         self.calibration_images = int(calibration_images)
         if self.calibration_images < self.bins:
-            raise ValueError("calibration_images must be at least bins")
+            raise ConfigurationError("calibration_images must be at least bins")
         self.split_half = bool(split_half)
         self.null_channels = null_channels
         #: indices into ``channels`` of the channels with null counts
@@ -174,7 +180,7 @@ class JointCounts(Accumulator):
         self.calibration_n = 0
         self.edges: torch.Tensor | None = None  # (G, B-1, P, C) float32
         if count_dtype not in ("auto", "int16", "int32"):
-            raise ValueError("count_dtype must be 'auto', 'int16' or 'int32'")
+            raise ConfigurationError("count_dtype must be 'auto', 'int16' or 'int32'")
         self.count_dtype = count_dtype
         self.counts: list[torch.Tensor] = []  # (H, C, B_x, P, B_y) int16 / int32
         self._scratch_bufs: dict[int, dict[str, np.ndarray]] = {}  # group -> name -> buffer
@@ -231,7 +237,7 @@ class JointCounts(Accumulator):
     def calibrate(self, cache: Mapping[str, Any]) -> None:
         """Add the batch to the reservoir (until ``calibration_images`` images)."""
         if self.calibrated:
-            raise RuntimeError("already calibrated")
+            raise AlreadyCalibratedError("the bin edges are already frozen (end_calibration)")
         room = self.calibration_images - self._res_n
         if room <= 0:
             return
@@ -245,8 +251,8 @@ class JointCounts(Accumulator):
     def end_calibration(self) -> None:
         """Fix the edges (order statistics of the reservoir), free it, allocate counts."""
         if self._res_n < self.bins:
-            raise ValueError(f"calibration saw {self._res_n} images; need at least "
-                             f"bins={self.bins}")
+            raise InsufficientDataError(f"calibration saw {self._res_n} images; need at "
+                                        f"least bins={self.bins}")
         ranks = torch.as_tensor(edge_ranks(self._res_n, self.bins))
         edges, lo, hi = [], [], []
         for gi in range(len(self.groups)):
@@ -276,7 +282,8 @@ class JointCounts(Accumulator):
         g, p, c, b = len(self.groups), self.layout.n_positions, self.channels.size, self.bins
         e = torch.as_tensor(edges, dtype=torch.float32).to(dev).contiguous()
         if tuple(e.shape) != (g, b - 1, p, c):
-            raise ValueError(f"edges must have shape {(g, b - 1, p, c)}, got {tuple(e.shape)}")
+            raise IncompatibleStateError(
+                f"edges must have shape {(g, b - 1, p, c)}, got {tuple(e.shape)}")
         self.edges = e
         self._edges_np: np.ndarray | None = e.numpy() if dev.type == "cpu" else None
         h, cn, k = self.n_halves, self.null_idx.size, self.cross.shape[0]
@@ -299,13 +306,13 @@ class JointCounts(Accumulator):
     # -- streaming ------------------------------------------------------------------------
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
-            raise RuntimeError("JointCounts needs calibrate() / end_calibration() first")
+            raise NotCalibratedError("JointCounts needs calibrate() / end_calibration() first")
         xs = [self._activations(cache, group) for group in self.groups]
         nb = xs[0].shape[0] if xs else 0
         if nb == 0:
             return
         if any(x.shape[0] != nb for x in xs):
-            raise ValueError("all sites of a batch must hold the same images")
+            raise InputShapeError("all sites of a batch must hold the same images")
         self._ensure_capacity(nb)
         if not (xs[0].device.type == "cpu" and jit_enabled()):  # index_add_ paths only
             for dt in {c.dtype for c in self.counts} | {torch.int32}:  # pre-size shared buffers
@@ -447,13 +454,15 @@ class JointCounts(Accumulator):
 
     # -- state ----------------------------------------------------------------------------
     def merge(self, other: Self) -> Self:
-        check_same_config(self, other)
+        self.check_mergeable(other)
         if not (self.calibrated and other.calibrated):
-            raise ValueError("merge calibrated accumulators only")
+            raise IncompatibleStateError("merge calibrated accumulators only: calibrate once "
+                                         "and share the state before streaming")
         assert self.edges is not None and other.edges is not None
         if not torch.equal(self.edges, other.edges.to(self.device)):
-            raise ValueError("shards were calibrated differently: calibrate once and "
-                             "load_state_dict the calibrated (empty) state into every shard")
+            raise IncompatibleStateError("shards were calibrated differently: calibrate once "
+                                         "and load_state_dict the calibrated (empty) state "
+                                         "into every shard")
         self._ensure_capacity(other.n)
         if self.counts and other.counts and other.counts[0].dtype == torch.int32:
             self.counts = [c.to(torch.int32) for c in self.counts]
@@ -517,7 +526,7 @@ class JointCounts(Accumulator):
             for key in ("counts", "null", "cross"):
                 src = np.asarray(state[f"{key}_{gi}"])
                 if src.size and src.max(initial=0) >= 2**31:
-                    raise OverflowError(f"{key} exceed int32; use fewer images per shard")
+                    raise CountOverflowError(f"{key} exceed int32; use fewer images per shard")
                 dst = {"counts": self.canonical(gi), "null": self.null[gi],
                        "cross": self.cross_counts[gi]}[key]
                 dst.copy_(torch.as_tensor(src))
