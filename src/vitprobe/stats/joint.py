@@ -19,19 +19,23 @@ Counts kept per (layer, sublayer) group
   every increment is a cache miss into gigabytes of counts, and in this order one
   image's increments for a channel stream through one (P, B_y) row (about 2x faster
   than neuron-major order).
-* ``null`` (P, C_null, B, B) int32: the shuffled pairing ``x`` from image ``i`` with
-  ``y`` from image ``i + 1`` of the same batch (the last image pairs with the first),
-  for an evenly spaced subset of ``null_channels`` channels. Its MI is the null level
-  (0 up to the estimator's bias and noise; Panzeri et al. 2007). Pairing within the
-  batch makes the counts a function of the batches alone, so any split of the batches
-  over processes, or over an interruption, gives the same counts.
+* ``null`` (C_null, B_x, P, B_y) int32, stored and saved in that order (the
+  main counts' channel-major order, for the same reason): the shuffled pairing ``x``
+  from image ``i`` with ``y`` from image ``i + 1`` of the same batch (the last image
+  pairs with the first), for an evenly spaced subset of ``null_channels`` channels
+  (``C_null = len(null_idx)``; :func:`null_channel_subset`). Only batches of two or
+  more images add to it; ``n_null`` counts their images. Its MI is the null level
+  (0 up to the estimator's bias and noise; Panzeri et al. 2007); the result
+  (:mod:`vitprobe.stats.joint_result`) reads it as (P, C_null, B_x, B_y). Pairing
+  within the batch makes the counts a function of the batches alone, so any split of
+  the batches over processes, or over an interruption, gives the same counts.
+* ``cross`` (halves, K, B_x, B_y) int32: optional cross-channel pairs, a
+  deterministic sample (``seed``) of ``cross_pairs_per_distance`` triples (central
+  channel ``a``, channel ``b != a``, position) at every rounded distance 0, 1, 2, ...
 
 Split halves follow the images' global index when the cache carries one under
 :data:`IMAGE_INDEX` (the study runner puts each image's position in the seeded subset
 there), else their position in this accumulator's stream.
-* ``cross`` (halves, K, B, B): optional cross-channel pairs, a deterministic sample
-  (``seed``) of ``cross_pairs_per_distance`` triples (central channel ``a``, channel
-  ``b != a``, position) at every rounded distance 0, 1, 2, ...
 
 The calibration phase holds a reservoir of the first ``calibration_images`` images
 (float32, ``R x P x C`` per group) and is freed when the edges are fixed. Use
@@ -476,8 +480,8 @@ class JointCounts(Accumulator):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the state: ``edges`` (G, B-1, P, C) float32, ``vmin`` / ``vmax``,
-        ``counts_{g}`` (H, P, C, B_x, B_y) int16 or int32, ``null_{g}`` and ``cross_{g}``
-        int64, ``n``, ``n_null``,
+        ``counts_{g}`` (H, P, C, B_x, B_y) int16 or int32, ``null_{g}`` (C_null, B_x, P,
+        B_y) int64, ``cross_{g}`` (H, K, B_x, B_y) int64, ``n``, ``n_null``,
         ``calibration_n``; before calibration ends, ``reservoir_{g}`` instead."""
         out: dict[str, np.ndarray] = {"n": np.asarray(self.n, np.int64),
                                       "n_null": np.asarray(self.n_null, np.int64),
