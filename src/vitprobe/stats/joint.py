@@ -230,7 +230,8 @@ class JointCounts(Accumulator):
         return self._chan_t
 
     def _activations(self, cache: Mapping[str, Any], group: Group) -> torch.Tensor:
-        t = cache[f"blocks.{group[0]}.{group[1]}.out"]
+        # a missing site is reported (MissingSiteError) by patch_activations
+        t = cache.get(f"blocks.{group[0]}.{group[1]}.out")
         dev = t.device if isinstance(t, torch.Tensor) else torch.device("cpu")
         x = patch_activations(cache, self.layout, group, self._channels_tensor(dev))
         if self.device is None:
