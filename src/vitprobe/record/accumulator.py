@@ -57,18 +57,37 @@ class Accumulator(ABC):
     needs_calibration: bool = False
 
     def calibrate(self, cache: Mapping[str, Any]) -> None:  # pragma: no cover - optional
-        """Consume one batch of the calibration pass."""
+        """Consume one batch of the calibration pass.
+
+        Raises ``AlreadyCalibratedError`` after :meth:`end_calibration`, and the input
+        errors of :meth:`update`.
+        """
 
     def end_calibration(self) -> None:  # pragma: no cover - optional
-        """Freeze what calibration learned (bin edges, mean token...)."""
+        """Freeze what calibration learned (bin edges, mean token...).
+
+        Raises ``InsufficientDataError`` when calibration saw fewer images than the
+        statistic needs (e.g. fewer than ``bins`` for quantile edges).
+        """
 
     @abstractmethod
     def update(self, cache: Mapping[str, Any]) -> None:
-        """Consume one recorded batch: ``cache[site]`` is a tensor with batch first."""
+        """Consume one recorded batch: ``cache[site]`` is a tensor with batch first.
+
+        Raises (every accumulator, the same type for the same mistake)
+        ``NotCalibratedError`` before calibration ends, ``MissingSiteError`` for a site
+        not in ``cache``, ``InputShapeError`` for a tensor of the wrong shape or sites
+        holding different numbers of images, ``NonFiniteInputError`` for NaN or inf
+        where the statistic refuses them. A refused batch changes nothing.
+        """
 
     @abstractmethod
     def merge(self, other: Self) -> Self:
-        """Add ``other``'s state (same config, disjoint images) into ``self``; return self."""
+        """Add ``other``'s state (same config, disjoint images) into ``self``; return self.
+
+        Raises ``IncompatibleStateError`` for another type, configuration or
+        calibration (see :meth:`check_mergeable`).
+        """
 
     @abstractmethod
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -76,11 +95,19 @@ class Accumulator(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_dict` returned (exactly)."""
+        """Restore what :meth:`state_dict` returned (exactly).
+
+        Raises ``IncompatibleStateError`` when the arrays do not fit this accumulator's
+        configuration.
+        """
 
     @abstractmethod
     def result(self):  # -> xarray.Dataset
-        """The finished statistics as a labelled :class:`xarray.Dataset`."""
+        """The finished statistics as a labelled :class:`xarray.Dataset`.
+
+        Raises ``NotCalibratedError`` before calibration ends and
+        ``InsufficientDataError`` before any image.
+        """
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments, stored beside saved states."""

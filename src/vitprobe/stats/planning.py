@@ -104,7 +104,7 @@ def plan_passes(layout: NeuronLayout, bins: int, budget_bytes: int, *,
 
     Raises
     ------
-    VitprobeError
+    ConfigurationError
         If a single group does not fit: lower ``bins``, ``calibration_images`` or the
         channel count, or raise the budget.
     """
