@@ -2,23 +2,21 @@
 
 Layers are numbered from 0 in code (``blocks.0`` is the first block) and labelled
 1..L in figures and reports, as in the papers this toolkit reproduces.
+
+``load_model`` and ``run_study`` are imported on first use, so that ``import vitprobe``
+(and ``vitprobe --help``) does not import torch.
 """
 
+from vitprobe._lazy import lazy_exports
 from vitprobe.errors import UnsupportedModelError, VitprobeError
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "load_model": "vitprobe.models.registry",
+    "run_study": "vitprobe.study",
+}
+
 __all__ = ["UnsupportedModelError", "VitprobeError", "__version__", "load_model", "run_study"]
 
-
-def __getattr__(name: str):
-    # lazy so that `import vitprobe` (and `vitprobe --help`) does not import torch
-    if name == "load_model":
-        from vitprobe.models import load_model
-
-        return load_model
-    if name == "run_study":
-        from vitprobe.study import run_study
-
-        return run_study
-    raise AttributeError(f"module 'vitprobe' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

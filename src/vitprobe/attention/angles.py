@@ -49,10 +49,18 @@ from vitprobe.attention.geometry import (
     layer_sums,
     pair_geometry,
 )
-from vitprobe.errors import ResultsError, VitprobeError
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.errors import (
+    AlreadyCalibratedError,
+    ConfigurationError,
+    IncompatibleStateError,
+    InputShapeError,
+    InsufficientDataError,
+    MissingSiteError,
+    NonFiniteInputError,
+    NotCalibratedError,
+)
+from vitprobe.record.accumulator import Accumulator, nonfinite_rows, run_parallel
 from vitprobe.record.sites import site_name
-from vitprobe.stats._common import nonfinite_rows, run_parallel
 
 __all__ = ["EMBEDDINGS", "VARIANTS", "AngleAccumulator"]
 
@@ -153,26 +161,27 @@ class AngleAccumulator(Accumulator):
         counts_calibration: bool = False,
     ) -> None:
         if embedding not in EMBEDDINGS:
-            raise VitprobeError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+            raise ConfigurationError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
         variants = tuple(variants)
         if not variants or len(set(variants)) != len(variants) or set(variants) - set(VARIANTS):
-            raise VitprobeError(f"variants must be a non-empty subset of {VARIANTS}")
+            raise ConfigurationError(f"variants must be a non-empty subset of {VARIANTS}")
         if bins < 2 or bins % 2:
-            raise VitprobeError(f"bins must be even and >= 2 (90 degrees is an edge), got {bins}")
+            raise ConfigurationError(
+                f"bins must be even and >= 2 (90 degrees is an edge), got {bins}")
         if precision not in _PRECISION:
-            raise VitprobeError(f"precision must be one of {sorted(_PRECISION)}")
+            raise ConfigurationError(f"precision must be one of {sorted(_PRECISION)}")
         self.n_layers, self.n_heads, self.d_model = int(n_layers), int(n_heads), int(d_model)
         self.n_prefix, self.n_tokens = int(n_prefix), int(n_tokens)
         self.bins, self.embedding, self.include_prefix = int(bins), embedding, bool(include_prefix)
         self.variants = tuple(v for v in VARIANTS if v in variants)  # canonical order
         self.layers = tuple(range(self.n_layers)) if layers is None else tuple(sorted(set(layers)))
         if not self.layers or min(self.layers) < 0 or max(self.layers) >= self.n_layers:
-            raise VitprobeError(f"layers must lie in 0..{self.n_layers - 1}")
+            raise ConfigurationError(f"layers must lie in 0..{self.n_layers - 1}")
         self.precision = precision
         self.attn_scale = None if attn_scale is None else float(attn_scale)
         self.start = 0 if self.include_prefix else self.n_prefix
         if self.n_tokens - self.start < 2:
-            raise VitprobeError("the pair set needs at least two tokens")
+            raise ConfigurationError("the pair set needs at least two tokens")
         self.needs_calibration = "centered" in self.variants
         self.sites = tuple(
             site_name(layer, kind)
@@ -183,8 +192,8 @@ class AngleAccumulator(Accumulator):
         self.calibration_sites = tuple(site_name(layer, embedding) for layer in self.layers)
         self.device = torch.device(device) if device is not None else None
         if calibration_images is not None and calibration_images < 1:
-            raise VitprobeError(f"calibration_images must be at least 1, got "
-                                f"{calibration_images}")
+            raise ConfigurationError(f"calibration_images must be at least 1, got "
+                                     f"{calibration_images}")
         self.calibration_images = calibration_images
         self.counts_calibration = bool(counts_calibration)
         #: calibration batches to count: the sites update() reads, by reference
@@ -250,7 +259,7 @@ class AngleAccumulator(Accumulator):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         if self._pending:
-            raise RuntimeError("AngleAccumulator holds calibration batches still to be "
+            raise NotCalibratedError("AngleAccumulator holds calibration batches still to be "
                                "counted: call end_calibration() before state_dict()")
         out = {k: v.cpu().numpy().copy() for k, v in self._state.items()}
         out["n_images"] = np.asarray(self.n_images, dtype=np.int64)
@@ -276,8 +285,8 @@ class AngleAccumulator(Accumulator):
         for k, (_, dt) in _STATE.items():
             arr = np.asarray(state[k])
             if arr.shape != shapes[k]:
-                raise ResultsError(f"angle state {k!r} has shape {arr.shape}, "
-                                   f"expected {shapes[k]} (different configuration?)")
+                raise IncompatibleStateError(f"angle state {k!r} has shape {arr.shape}, "
+                                             f"expected {shapes[k]} (different configuration?)")
             self._state[k] = torch.as_tensor(arr, device=device).to(dt).clone()
         self.n_images = int(state["n_images"])
         self._calib_sum = torch.as_tensor(np.asarray(state["calib_sum"], dtype=np.float64),
@@ -290,15 +299,15 @@ class AngleAccumulator(Accumulator):
 
     def merge(self, other: Self) -> Self:
         """Add ``other`` (same configuration, same frozen mean token, disjoint images)."""
-        if type(other) is not type(self) or other.config() != self.config():
-            raise ResultsError("cannot merge angle accumulators with different configurations")
+        self.check_mergeable(other)
         if self.needs_calibration:
             if self.mean_token is None or other.mean_token is None or not torch.equal(
                 self.mean_token.cpu(), other.mean_token.cpu()
             ):
-                raise ResultsError("cannot merge centred angle statistics computed with "
-                                   "different (or missing) mean tokens: calibrate once and "
-                                   "share the state (load_state_dict) before streaming")
+                raise IncompatibleStateError(
+                    "cannot merge centred angle statistics computed with different (or "
+                    "missing) mean tokens: calibrate once and share the state "
+                    "(load_state_dict) before streaming")
         for k, v in self._state.items():
             v.add_(other._state[k].to(v.device))
         self.n_images += other.n_images
@@ -313,7 +322,7 @@ class AngleAccumulator(Accumulator):
             if self.counts_calibration:
                 self.update(cache)
                 return
-            raise RuntimeError("already calibrated")
+            raise AlreadyCalibratedError("the mean token is already frozen (end_calibration)")
         n_batch = self._embeddings(cache, self.layers[0]).shape[0]
         if self.counts_calibration and n_batch:
             for layer in self.layers:  # refuse a bad batch now, as update() would
@@ -345,7 +354,7 @@ class AngleAccumulator(Accumulator):
         if self.counts_calibration and self.calibrated:
             return
         if self._calib_tokens == 0:
-            raise ValueError("calibration saw no images")
+            raise InsufficientDataError("calibration saw no images")
         self.set_mean_token(self._calib_sum / self._calib_tokens)
         pending, self._pending = self._pending, []
         while pending:
@@ -356,19 +365,20 @@ class AngleAccumulator(Accumulator):
         t = (mean_token.detach().to(torch.float64) if isinstance(mean_token, torch.Tensor)
              else torch.as_tensor(np.asarray(mean_token, dtype=np.float64)))
         if t.shape != (len(self.layers), self.d_model):
-            raise ValueError(f"mean token must be {(len(self.layers), self.d_model)}, "
-                             f"got {tuple(t.shape)}")
+            raise IncompatibleStateError(f"mean token must be {(len(self.layers), self.d_model)}, "
+                                         f"got {tuple(t.shape)}")
         self.mean_token = t.to(self.device or torch.device("cpu"))
 
     # -- streaming ------------------------------------------------------------------------
     def _embeddings(self, cache: Mapping[str, Any], layer: int) -> torch.Tensor:
         name = site_name(layer, self.embedding)
         if name not in cache:
-            raise KeyError(f"recorded batch has no site {name!r}; record {self.sites[:3]}...")
+            raise MissingSiteError(
+                f"recorded batch has no site {name!r}; record {self.sites[:3]}...")
         e = cache[name]
         if e.ndim != 3 or e.shape[1] != self.n_tokens or e.shape[2] != self.d_model:
-            raise VitprobeError(f"{name}: expected (batch, {self.n_tokens}, {self.d_model}), "
-                                f"got {tuple(e.shape)} (input size differs from the model's?)")
+            raise InputShapeError(f"{name}: expected (batch, {self.n_tokens}, {self.d_model}), "
+                                  f"got {tuple(e.shape)} (input size differs from the model's?)")
         return e
 
     def _attention(self, cache: Mapping[str, Any], layer: int, n_batch: int,
@@ -381,20 +391,21 @@ class AngleAccumulator(Accumulator):
                                                                      "attn.pattern"))
         if scores is not None and pattern is not None:
             if tuple(scores.shape) != shape or tuple(pattern.shape) != shape:
-                raise VitprobeError(f"layer {layer}: attention of shape "
-                                    f"{tuple(scores.shape)}, expected {shape}")
+                raise InputShapeError(f"layer {layer}: attention of shape "
+                                      f"{tuple(scores.shape)}, expected {shape}")
             dt = self.compute_dtype
             return scores[rows].to(device), pattern[rows].to(device=device, dtype=dt), False
         q, k = (cache.get(site_name(layer, kind)) for kind in ("attn.q", "attn.k"))
         if q is None or k is None:
-            raise KeyError(f"recorded batch has neither attn.q/attn.k nor attn.scores/"
-                           f"attn.pattern of layer {layer}; record {list(self.sites[:3])}")
+            raise MissingSiteError(f"recorded batch has neither attn.q/attn.k nor "
+                                   f"attn.scores/attn.pattern of layer {layer}; "
+                                   f"record {list(self.sites[:3])}")
         if self.attn_scale is None:
-            raise VitprobeError("attn_scale is needed to form attention from q and k "
-                                "(use AngleAccumulator.from_model)")
+            raise ConfigurationError("attn_scale is needed to form attention from q and k "
+                                     "(use AngleAccumulator.from_model)")
         if tuple(q.shape[:3]) != shape[:3] or tuple(k.shape[:3]) != shape[:3]:
-            raise VitprobeError(f"layer {layer}: queries of shape {tuple(q.shape)}, "
-                                f"expected {shape[:3]} + (d_head,)")
+            raise InputShapeError(f"layer {layer}: queries of shape {tuple(q.shape)}, "
+                                  f"expected {shape[:3]} + (d_head,)")
         s, a = attention_from_qk(q[rows].to(device), k[rows].to(device), self.attn_scale,
                                  self.compute_dtype, scratch,
                                  softmax=not compiled(device, self.compute_dtype))
@@ -404,7 +415,7 @@ class AngleAccumulator(Accumulator):
     def update(self, cache: Mapping[str, Any]) -> None:
         """Add one recorded batch (every followed layer)."""
         if self.needs_calibration and not self.calibrated:
-            raise RuntimeError("the centred variant needs calibrate() and end_calibration() "
+            raise NotCalibratedError("the centred variant needs calibrate() and end_calibration() "
                                "(or set_mean_token / load_state_dict) before update()")
         for layer in self.layers:  # all checks first: a refused batch changes nothing
             self._check_finite(cache, layer)
@@ -433,8 +444,9 @@ class AngleAccumulator(Accumulator):
             bad = nonfinite_rows(t)
             if bad is not None:
                 rows = torch.nonzero(bad).flatten().tolist()
-                raise VitprobeError(f"{name} holds NaN or inf for image(s) {rows[:8]} of the "
-                                    "batch; drop those images (vitprobe run skips them)")
+                raise NonFiniteInputError(f"{name} holds NaN or inf for image(s) {rows[:8]} "
+                                          "of the batch; drop those images (vitprobe run "
+                                          "skips them)")
 
     def _layer(self, cache: Mapping[str, Any], li: int, layer: int, n_batch: int,
                rows: slice, scratch: Scratch, threads: int | None = None) -> LayerSums:
@@ -491,7 +503,7 @@ class AngleAccumulator(Accumulator):
         from vitprobe.attention.result import angles_dataset
 
         if self.n_images == 0:
-            raise ValueError("no images accumulated")
+            raise InsufficientDataError("no images accumulated")
         mean = None if self.mean_token is None else self.mean_token.cpu().numpy()
         return angles_dataset(self.sums(), self.config(), self.n_images, mean_token=mean)
 

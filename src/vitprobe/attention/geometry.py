@@ -42,7 +42,8 @@ import torch
 
 from vitprobe._jit import jit_enabled
 from vitprobe.attention._kernels import angle_sums
-from vitprobe.stats._common import resolve_threads, run_parallel
+from vitprobe.errors import ConfigurationError
+from vitprobe.record.accumulator import resolve_threads, run_parallel
 
 __all__ = ["LayerSums", "Scratch", "attention_from_qk", "compiled", "layer_sums", "pair_geometry"]
 
@@ -308,7 +309,8 @@ def layer_sums(
     """
     if geometry.theta is None:
         if scores.device.type != "cpu":
-            raise ValueError("pair_geometry(..., cosines_only=True) is for CPU tensors only")
+            raise ConfigurationError(
+                "pair_geometry(..., cosines_only=True) is for CPU tensors only")
         return _layer_sums_compiled(geometry, scores, pattern, start, n_bins, threads)
     if pattern is None:
         pattern = scores.softmax(-1)

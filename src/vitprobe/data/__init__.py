@@ -48,8 +48,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from vitprobe.data.catalog import Catalog, ImageSource, Sample
 from vitprobe.data.decode import DecodeError, decode_image
-from vitprobe.data.sources import Catalog, ImageSource, Sample, open_images
+from vitprobe.data.sources import open_images
 
 SPEC_HELP = """\
 image source: a folder (flat or class subfolders), a .txt list of paths, a .tar

@@ -16,8 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from vitprobe.data.catalog import Catalog
 from vitprobe.data.decode import decode_image
-from vitprobe.data.sources import Catalog
 from vitprobe.data.spec import Options
 from vitprobe.errors import ImageSourceError
 

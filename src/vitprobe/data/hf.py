@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitprobe.data.catalog import Catalog, ImageSource, ListedCatalog
 from vitprobe.data.decode import DecodeError, decode_image
-from vitprobe.data.sources import Catalog, ImageSource, ListedCatalog
 from vitprobe.data.spec import Options
 from vitprobe.errors import ImageSourceError
 

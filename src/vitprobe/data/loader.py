@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vitprobe.data.catalog import ImageSource
 from vitprobe.data.decode import DecodeError
-from vitprobe.data.sources import ImageSource
 from vitprobe.data.transforms import normalize, prepare
 from vitprobe.errors import ImageSourceError
 from vitprobe.models.preprocess import PreprocessConfig

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from vitprobe.data import stimuli
-from vitprobe.data.sources import Catalog
+from vitprobe.data.catalog import Catalog
 from vitprobe.data.spec import Options
 from vitprobe.errors import ImageSourceError
 

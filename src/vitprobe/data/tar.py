@@ -26,9 +26,9 @@ from typing import Any, BinaryIO
 
 from PIL import Image
 
+from vitprobe.data.catalog import ListedCatalog
 from vitprobe.data.decode import DecodeError, decode_image
 from vitprobe.data.folder import IMAGE_EXTENSIONS
-from vitprobe.data.sources import ListedCatalog
 from vitprobe.data.spec import Options, expand_braces
 from vitprobe.errors import ImageSourceError
 

@@ -21,10 +21,13 @@ _EXPORTS = {
     "PreprocessConfig": "vitprobe.models.preprocess",
     "DEFAULT_MODEL": "vitprobe.defaults",
     "FAMILIES": "vitprobe.models.registry",
+    "Family": "vitprobe.models.registry",
+    "NAMED_MODELS": "vitprobe.models.registry",
     "adapter_for": "vitprobe.models.registry",
     "load_checkpoint": "vitprobe.models.registry",
     "load_model": "vitprobe.models.registry",
     "register_family": "vitprobe.models.registry",
+    "register_model": "vitprobe.models.registry",
     "wrap": "vitprobe.models.registry",
 }
 __all__ = sorted(_EXPORTS)

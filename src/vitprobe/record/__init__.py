@@ -1,7 +1,23 @@
-"""Recording activations: site names, hooks, and the accumulator protocol."""
+"""Recording activations: site names, hooks, and the accumulator protocol with the
+helpers every accumulator shares (threads, the non-finite check)."""
 
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.record.accumulator import (
+    Accumulator,
+    nonfinite_rows,
+    resolve_threads,
+    run_parallel,
+)
 from vitprobe.record.recorder import Recorder
 from vitprobe.record.sites import SITE_KINDS, parse_site, resolve_sites, site_name
 
-__all__ = ["SITE_KINDS", "Accumulator", "Recorder", "parse_site", "resolve_sites", "site_name"]
+__all__ = [
+    "SITE_KINDS",
+    "Accumulator",
+    "Recorder",
+    "nonfinite_rows",
+    "parse_site",
+    "resolve_sites",
+    "resolve_threads",
+    "run_parallel",
+    "site_name",
+]

@@ -36,19 +36,34 @@ never forwards those images again::
 Other shards (processes) must start from :meth:`~Accumulator.calibration_state_dict`
 (the calibration without the counts of the calibration images), not from
 :meth:`~Accumulator.state_dict`, or those images would be counted once per shard.
+
+Besides the protocol, this module holds what every accumulator (in
+:mod:`vitprobe.stats` and :mod:`vitprobe.attention`) and the study runner share:
+:func:`run_parallel` / :func:`resolve_threads` (groups or images of a batch on
+threads) and :func:`nonfinite_rows` (the images of a batch that hold NaN or inf).
+Errors follow :mod:`vitprobe.errors`: :class:`~vitprobe.errors.NotCalibratedError`,
+:class:`~vitprobe.errors.AlreadyCalibratedError`,
+:class:`~vitprobe.errors.IncompatibleStateError` (merge and load), and so on.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+import torch
+
+from vitprobe.errors import IncompatibleStateError
+
+__all__ = ["Accumulator", "nonfinite_rows", "resolve_threads", "run_parallel"]
 
 
 class Accumulator(ABC):
@@ -65,10 +80,18 @@ class Accumulator(ABC):
     counts_calibration: bool = False
 
     def calibrate(self, cache: Mapping[str, Any]) -> None:  # pragma: no cover - optional
-        """Consume one batch of the calibration pass."""
+        """Consume one batch of the calibration pass.
+
+        Raises ``AlreadyCalibratedError`` after :meth:`end_calibration`, and the input
+        errors of :meth:`update`.
+        """
 
     def end_calibration(self) -> None:  # pragma: no cover - optional
-        """Freeze what calibration learned (bin edges, mean token...)."""
+        """Freeze what calibration learned (bin edges, mean token...).
+
+        Raises ``InsufficientDataError`` when calibration saw fewer images than the
+        statistic needs (e.g. fewer than ``bins`` for quantile edges).
+        """
 
     def calibration_state_dict(self) -> dict[str, np.ndarray]:
         """The calibrated state without any counted images: what every other shard loads
@@ -79,11 +102,22 @@ class Accumulator(ABC):
 
     @abstractmethod
     def update(self, cache: Mapping[str, Any]) -> None:
-        """Consume one recorded batch: ``cache[site]`` is a tensor with batch first."""
+        """Consume one recorded batch: ``cache[site]`` is a tensor with batch first.
+
+        Raises (every accumulator, the same type for the same mistake)
+        ``NotCalibratedError`` before calibration ends, ``MissingSiteError`` for a site
+        not in ``cache``, ``InputShapeError`` for a tensor of the wrong shape or sites
+        holding different numbers of images, ``NonFiniteInputError`` for NaN or inf
+        where the statistic refuses them. A refused batch changes nothing.
+        """
 
     @abstractmethod
     def merge(self, other: Self) -> Self:
-        """Add ``other``'s state (same config, disjoint images) into ``self``; return self."""
+        """Add ``other``'s state (same config, disjoint images) into ``self``; return self.
+
+        Raises ``IncompatibleStateError`` for another type, configuration or
+        calibration (see :meth:`check_mergeable`).
+        """
 
     @abstractmethod
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -91,15 +125,37 @@ class Accumulator(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_dict` returned (exactly)."""
+        """Restore what :meth:`state_dict` returned (exactly).
+
+        Raises ``IncompatibleStateError`` when the arrays do not fit this accumulator's
+        configuration.
+        """
 
     @abstractmethod
     def result(self):  # -> xarray.Dataset
-        """The finished statistics as a labelled :class:`xarray.Dataset`."""
+        """The finished statistics as a labelled :class:`xarray.Dataset`.
+
+        Raises ``NotCalibratedError`` before calibration ends and
+        ``InsufficientDataError`` before any image.
+        """
 
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments, stored beside saved states."""
         return {}
+
+    def check_mergeable(self, other: Accumulator) -> None:
+        """Refuse to merge ``other`` unless it is the same type with the same :meth:`config`.
+
+        Raises
+        ------
+        IncompatibleStateError
+            ``other`` is another type of accumulator or was configured differently.
+        """
+        if type(other) is not type(self) or other.config() != self.config():
+            raise IncompatibleStateError(
+                f"cannot merge {type(other).__name__} with a different configuration "
+                f"into {type(self).__name__}"
+            )
 
     # -- persistence: atomic, so an interrupted save never corrupts a checkpoint
     def save_state(self, path: str | os.PathLike) -> None:
@@ -120,3 +176,62 @@ class Accumulator(ABC):
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files if k != "__config__"}
         self.load_state_dict(state)
+
+
+# -- shared by the accumulators -----------------------------------------------------------
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _shutdown_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False)
+
+
+atexit.register(_shutdown_pools)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """Worker threads for CPU accumulation: ``threads``, or torch's intra-op count if None/0."""
+    return max(1, int(threads) if threads else torch.get_num_threads())
+
+
+def run_parallel(fn: Callable[[int], None], n: int, threads: int) -> None:
+    """Call ``fn(i)`` for ``i < n`` on up to ``threads`` threads; exceptions propagate.
+
+    numpy, torch and the compiled kernels release the GIL in their loops, so the
+    groups (or image chunks) of a batch are accumulated in parallel, as the forward
+    pass itself uses torch's intra-op threads. One pool per thread count is kept for
+    the life of the process (shut down at exit).
+    """
+    if threads <= 1 or n <= 1:
+        for i in range(n):
+            fn(i)
+        return
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="vitprobe-acc")
+    for f in [pool.submit(fn, i) for i in range(n)]:
+        f.result()
+
+
+def nonfinite_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """The images of a batch that hold NaN or inf.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Floating-point tensor, batch first: (batch, ...).
+
+    Returns
+    -------
+    torch.Tensor or None
+        None when every value is finite, else a (batch,) bool mask of the rows holding
+        NaN or inf. One sum decides the common case (about 50x cheaper than
+        ``isfinite`` on every value): NaN and inf propagate into it, and activations
+        never come near overflowing a float32 sum.
+    """
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    if bool(torch.isfinite(t.sum(dtype=acc))):
+        return None
+    return ~torch.isfinite(t).flatten(1).all(1)

@@ -26,7 +26,7 @@ import fnmatch
 import re
 from collections.abc import Iterable
 
-from vitprobe.errors import VitprobeError
+from vitprobe.errors import ConfigurationError
 
 SITE_KINDS = (
     "resid_pre",
@@ -57,7 +57,7 @@ def parse_site(name: str) -> tuple[int, str]:
     """``"blocks.3.attn.out"`` -> ``(3, "attn.out")``."""
     match = _SITE.match(name)
     if not match or match.group(2) not in SITE_KINDS:
-        raise VitprobeError(
+        raise ConfigurationError(
             f"unknown site {name!r}; sites look like 'blocks.<layer>.<kind>' "
             f"with kind one of {', '.join(SITE_KINDS)}"
         )
@@ -68,7 +68,7 @@ def resolve_sites(patterns: str | Iterable[str], n_layers: int) -> list[str]:
     """Expand names and globs into concrete site names, in model order, without repeats.
 
     Raises:
-        VitprobeError: a pattern matches nothing (a typo must not record silently nothing).
+        ConfigurationError: a pattern matches nothing (a typo must not record silently nothing).
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -78,8 +78,9 @@ def resolve_sites(patterns: str | Iterable[str], n_layers: int) -> list[str]:
         matched = fnmatch.filter(known, pattern)
         if not matched:
             if _SITE.match(pattern) and int(_SITE.match(pattern).group(1)) >= n_layers:
-                raise VitprobeError(f"site {pattern!r}: the model has layers 0..{n_layers - 1}")
+                raise ConfigurationError(
+                    f"site {pattern!r}: the model has layers 0..{n_layers - 1}")
             parse_site(pattern)  # raises the descriptive error for malformed names
-            raise VitprobeError(f"site pattern {pattern!r} matches no site")
+            raise ConfigurationError(f"site pattern {pattern!r} matches no site")
         chosen.update(matched)
     return [s for s in known if s in chosen]

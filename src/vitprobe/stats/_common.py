@@ -1,17 +1,37 @@
-"""Helpers shared by the neuron accumulators: reading a cache, coordinates, attrs."""
+"""Helpers shared by the neuron accumulators of :mod:`vitprobe.stats` (private to it):
+reading a cache, coordinates, attributes.
+
+``nonfinite_rows``, ``run_parallel`` and ``resolve_threads`` moved to
+:mod:`vitprobe.record.accumulator` (public: the attention accumulator and the study
+use them too); the names below are kept for older imports.
+"""
 
 from __future__ import annotations
 
-import atexit
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from vitprobe.errors import ResultsError
+from vitprobe.errors import InputShapeError, MissingSiteError
+from vitprobe.record.accumulator import nonfinite_rows, resolve_threads, run_parallel
 from vitprobe.stats.layout import Group, NeuronLayout, site_name
+
+__all__ = [  # the last three: aliases of vitprobe.record.accumulator's, for older imports
+    "LAYER_ATTRS",
+    "SUBLAYER_ATTRS",
+    "as_float32_numpy",
+    "group_axes",
+    "groups_attr",
+    "layout_attrs",
+    "nonfinite_rows",
+    "parse_groups_attr",
+    "patch_activations",
+    "position_coords",
+    "resolve_threads",
+    "run_parallel",
+]
 
 LAYER_ATTRS = {"long_name": "layer (0-based)",
                "description": "block index, 0-based in code; figures label layers 1..L"}
@@ -25,13 +45,13 @@ def patch_activations(cache: Mapping[str, Any], layout: NeuronLayout, group: Gro
     """(batch, P, C) patch-token activations of one (layer, sublayer) from a cache."""
     site = site_name(*group)
     if site not in cache:
-        raise KeyError(f"recorded batch has no site {site!r} (has {sorted(cache)[:6]}...)")
+        raise MissingSiteError(f"recorded batch has no site {site!r} (has {sorted(cache)[:6]}...)")
     t = cache[site]
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(np.asarray(t))
     if t.ndim != 3 or t.shape[-1] != layout.d_model:
-        raise ValueError(f"{site}: expected (batch, tokens, {layout.d_model}), "
-                         f"got {tuple(t.shape)}")
+        raise InputShapeError(f"{site}: expected (batch, tokens, {layout.d_model}), "
+                              f"got {tuple(t.shape)}")
     ti = layout.token_index
     if ti.size and np.array_equal(ti, np.arange(ti[0], ti[0] + ti.size)):
         x = t[:, int(ti[0]) : int(ti[0]) + ti.size]  # a view: no copy
@@ -40,48 +60,6 @@ def patch_activations(cache: Mapping[str, Any], layout: NeuronLayout, group: Gro
     if channels is not None:
         x = x.index_select(2, channels.to(t.device))
     return x
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _shutdown_pools() -> None:
-    for pool in _POOLS.values():
-        pool.shutdown(wait=False)
-
-
-atexit.register(_shutdown_pools)
-
-
-def resolve_threads(threads: int | None) -> int:
-    """Worker threads for CPU accumulation: ``threads`` or torch's intra-op count."""
-    return max(1, int(threads) if threads else torch.get_num_threads())
-
-
-def run_parallel(fn: Callable[[int], None], n: int, threads: int) -> None:
-    """Call ``fn(i)`` for ``i < n`` on up to ``threads`` threads (numpy and torch release
-    the GIL in their loops, so groups of a batch are accumulated in parallel, as the
-    forward pass itself uses torch's intra-op threads). Exceptions propagate."""
-    if threads <= 1 or n <= 1:
-        for i in range(n):
-            fn(i)
-        return
-    pool = _POOLS.get(threads)
-    if pool is None:
-        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="vitprobe-acc")
-    for f in [pool.submit(fn, i) for i in range(n)]:
-        f.result()
-
-
-def nonfinite_rows(t: torch.Tensor) -> torch.Tensor | None:
-    """None when every value of ``t`` is finite, else a (batch,) bool mask of the rows
-    (images) holding NaN or inf. One sum decides the common case (about 50x cheaper than
-    ``isfinite`` on every value): NaN and inf propagate into it, and activations never
-    come near overflowing a float32 sum."""
-    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-    if bool(torch.isfinite(t.sum(dtype=acc))):
-        return None
-    return ~torch.isfinite(t).flatten(1).all(1)
 
 
 def as_float32_numpy(t: torch.Tensor) -> np.ndarray:
@@ -141,8 +119,3 @@ def parse_groups_attr(text: str) -> list[Group]:
         layer, s = item.split(".")
         out.append((int(layer), s))
     return out
-
-
-def check_same_config(a: Any, b: Any) -> None:
-    if type(a) is not type(b) or a.config() != b.config():
-        raise ResultsError(f"cannot merge {type(b).__name__} with a different configuration")

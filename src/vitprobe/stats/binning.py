@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vitprobe.errors import ConfigurationError, InputShapeError, InsufficientDataError
+
 __all__ = ["choose_bins", "digitize", "edge_ranks", "quantile_edges"]
 
 #: values per chunk in the CPU comparison kernel (fits L2 with its buffers)
@@ -67,7 +69,7 @@ def quantile_edges(samples: np.ndarray | torch.Tensor, bins: int) -> np.ndarray 
     """
     r = samples.shape[-1]
     if r < bins:
-        raise ValueError(f"need at least bins={bins} calibration samples, got {r}")
+        raise InsufficientDataError(f"need at least bins={bins} calibration samples, got {r}")
     ranks = edge_ranks(r, bins)
     if isinstance(samples, torch.Tensor):
         s = torch.sort(samples, dim=-1).values
@@ -108,13 +110,13 @@ def _digitize_numpy(x: np.ndarray, e: np.ndarray, layout: str,
         out = np.zeros(x.shape, dtype=np.uint8)
     else:
         if out.shape != x.shape or out.dtype != np.uint8:
-            raise ValueError("out must be a uint8 array shaped like values")
+            raise InputShapeError("out must be a uint8 array shaped like values")
         out[...] = 0
     if layout == "row":
         v, n = x.shape
         nb = e.shape[1]
         if nb >= 256:
-            raise ValueError("numpy digitize supports at most 256 bins")
+            raise ConfigurationError("numpy digitize supports at most 256 bins")
         rows = max(1, _CHUNK // max(n, 1))
         buf = np.empty((rows, n), dtype=np.bool_)
         for s in range(0, v, rows):
@@ -128,7 +130,7 @@ def _digitize_numpy(x: np.ndarray, e: np.ndarray, layout: str,
         n, v = x.shape
         nb = e.shape[0]
         if nb >= 256:
-            raise ValueError("numpy digitize supports at most 256 bins")
+            raise ConfigurationError("numpy digitize supports at most 256 bins")
         cols = min(v, max(1024, _CHUNK // max(n, 1)))
         rows = max(1, _CHUNK // cols)
         buf = np.empty((min(rows, n), cols), dtype=np.bool_)
@@ -141,12 +143,12 @@ def _digitize_numpy(x: np.ndarray, e: np.ndarray, layout: str,
                     np.greater_equal(xs, es[k : k + 1], out=bb)
                     o += bb.view(np.uint8)
         return out
-    raise ValueError(f"layout must be 'row' or 'col', got {layout!r}")
+    raise ConfigurationError(f"layout must be 'row' or 'col', got {layout!r}")
 
 
 def _digitize_torch(x: torch.Tensor, e: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "col":
         return _digitize_torch(x.T.contiguous(), e.T.contiguous(), "row").T
     if layout != "row":
-        raise ValueError(f"layout must be 'row' or 'col', got {layout!r}")
+        raise ConfigurationError(f"layout must be 'row' or 'col', got {layout!r}")
     return torch.searchsorted(e.to(x.dtype).contiguous(), x.contiguous(), right=True)

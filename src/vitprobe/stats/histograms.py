@@ -37,19 +37,23 @@ import torch
 import xarray as xr
 
 from vitprobe._jit import jit_enabled
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.errors import (
+    AlreadyCalibratedError,
+    ConfigurationError,
+    IncompatibleStateError,
+    InsufficientDataError,
+    NotCalibratedError,
+)
+from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
 from vitprobe.stats._common import (
     LAYER_ATTRS,
     SUBLAYER_ATTRS,
     as_float32_numpy,
-    check_same_config,
     group_axes,
     groups_attr,
     layout_attrs,
     patch_activations,
     position_coords,
-    resolve_threads,
-    run_parallel,
 )
 from vitprobe.stats._kernels import histogram_update
 from vitprobe.stats.layout import Group, NeuronLayout
@@ -106,7 +110,8 @@ class NeuronHistograms(Accumulator):
         self._calib: list[Any] | None = None  # per group moments during calibration
         self._calib_n = 0
         if calibration_images is not None and calibration_images < 2:
-            raise ValueError(f"calibration_images must be at least 2, got {calibration_images}")
+            raise ConfigurationError(
+                f"calibration_images must be at least 2, got {calibration_images}")
         self.calibration_images = calibration_images
         self.counts_calibration = bool(counts_calibration)
         self._pending: list[list[torch.Tensor]] = []  # calibration batches to count
@@ -129,7 +134,7 @@ class NeuronHistograms(Accumulator):
             if self.counts_calibration:
                 self.update(cache)
                 return
-            raise RuntimeError("already calibrated")
+            raise AlreadyCalibratedError("the standardisation is already frozen (end_calibration)")
         if self._calib is None:
             self._calib = [None] * len(self.groups)
         xs = [patch_activations(cache, self.layout, group) for group in self.groups]
@@ -158,7 +163,7 @@ class NeuronHistograms(Accumulator):
         if self.counts_calibration and self.calibrated:
             return
         if self._calib is None or self._calib_n < 2:
-            raise ValueError("calibration needs at least 2 images")
+            raise InsufficientDataError("calibration needs at least 2 images")
         mus, invs = [], []
         for n, mean, m2, _, _ in self._calib:
             sd = torch.sqrt(m2 / (n - 1))
@@ -194,7 +199,7 @@ class NeuronHistograms(Accumulator):
 
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
-            raise RuntimeError("NeuronHistograms needs calibrate() / end_calibration() first")
+            raise NotCalibratedError("NeuronHistograms needs calibrate() / end_calibration() first")
         self._count([patch_activations(cache, self.layout, g) for g in self.groups])
 
     def _count(self, xs: list[torch.Tensor]) -> None:
@@ -275,16 +280,18 @@ class NeuronHistograms(Accumulator):
 
     # -- state ----------------------------------------------------------------------------
     def merge(self, other: Self) -> Self:
-        check_same_config(self, other)
+        self.check_mergeable(other)
         if other.n == 0:
             return self
         if not (self.calibrated and other.calibrated):
-            raise ValueError("merge calibrated accumulators only")
+            raise IncompatibleStateError("merge calibrated accumulators only: calibrate once "
+                                         "and share the state before streaming")
         assert self.mu is not None and other.mu is not None and other.inv_sigma is not None
         if not (torch.equal(self.mu, other.mu.to(self.device))
                 and torch.equal(self.inv_sigma, other.inv_sigma.to(self.device))):
-            raise ValueError("shards were calibrated differently: share the calibration "
-                             "(load_state_dict of one calibrated accumulator) before streaming")
+            raise IncompatibleStateError("shards were calibrated differently: share the "
+                                         "calibration (load_state_dict of one calibrated "
+                                         "accumulator) before streaming")
         self.hist += other.hist.to(self.device)
         self.hist_centre += other.hist_centre.to(self.device)
         if self.hist_neuron is not None:
@@ -294,7 +301,7 @@ class NeuronHistograms(Accumulator):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         if self._pending:
-            raise RuntimeError("NeuronHistograms holds calibration batches still to be "
+            raise NotCalibratedError("NeuronHistograms holds calibration batches still to be "
                                "counted: call end_calibration() before state_dict()")
         out: dict[str, np.ndarray] = {"n": np.asarray(self.n, dtype=np.int64)}
         if self.calibrated:
@@ -340,7 +347,8 @@ class NeuronHistograms(Accumulator):
     # -- results --------------------------------------------------------------------------
     def result(self) -> xr.Dataset:
         if not self.calibrated:
-            raise ValueError("not calibrated")
+            raise NotCalibratedError(
+                "NeuronHistograms.result() needs calibrate() / end_calibration() first")
         assert self.mu is not None and self.inv_sigma is not None
         layers, subs = group_axes(self.groups)
         c, p, k = self.layout.d_model, self.layout.n_positions, self.n_bins + 2

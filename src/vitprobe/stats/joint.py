@@ -19,19 +19,23 @@ Counts kept per (layer, sublayer) group
   every increment is a cache miss into gigabytes of counts, and in this order one
   image's increments for a channel stream through one (P, B_y) row (about 2x faster
   than neuron-major order).
-* ``null`` (P, C_null, B, B) int32: the shuffled pairing ``x`` from image ``i`` with
-  ``y`` from image ``i + 1`` of the same batch (the last image pairs with the first),
-  for an evenly spaced subset of ``null_channels`` channels. Its MI is the null level
-  (0 up to the estimator's bias and noise; Panzeri et al. 2007). Pairing within the
-  batch makes the counts a function of the batches alone, so any split of the batches
-  over processes, or over an interruption, gives the same counts.
+* ``null`` (C_null, B_x, P, B_y) int32, stored and saved in that order (the
+  main counts' channel-major order, for the same reason): the shuffled pairing ``x``
+  from image ``i`` with ``y`` from image ``i + 1`` of the same batch (the last image
+  pairs with the first), for an evenly spaced subset of ``null_channels`` channels
+  (``C_null = len(null_idx)``; :func:`null_channel_subset`). Only batches of two or
+  more images add to it; ``n_null`` counts their images. Its MI is the null level
+  (0 up to the estimator's bias and noise; Panzeri et al. 2007); the result
+  (:mod:`vitprobe.stats.joint_result`) reads it as (P, C_null, B_x, B_y). Pairing
+  within the batch makes the counts a function of the batches alone, so any split of
+  the batches over processes, or over an interruption, gives the same counts.
+* ``cross`` (halves, K, B_x, B_y) int32: optional cross-channel pairs, a
+  deterministic sample (``seed``) of ``cross_pairs_per_distance`` triples (central
+  channel ``a``, channel ``b != a``, position) at every rounded distance 0, 1, 2, ...
 
 Split halves follow the images' global index when the cache carries one under
 :data:`IMAGE_INDEX` (the study runner puts each image's position in the seeded subset
 there), else their position in this accumulator's stream.
-* ``cross`` (halves, K, B, B): optional cross-channel pairs, a deterministic sample
-  (``seed``) of ``cross_pairs_per_distance`` triples (central channel ``a``, channel
-  ``b != a``, position) at every rounded distance 0, 1, 2, ...
 
 The calibration phase holds a reservoir of the first ``calibration_images`` images
 (float32, ``R x P x C`` per group) and is freed when the edges are fixed.
@@ -62,13 +66,19 @@ import torch
 import xarray as xr
 
 from vitprobe._jit import jit_enabled
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.errors import (
+    AlreadyCalibratedError,
+    ConfigurationError,
+    CountOverflowError,
+    IncompatibleStateError,
+    InputShapeError,
+    InsufficientDataError,
+    NotCalibratedError,
+)
+from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
 from vitprobe.stats._common import (
     as_float32_numpy,
-    check_same_config,
     patch_activations,
-    resolve_threads,
-    run_parallel,
 )
 from vitprobe.stats._kernels import joint_update
 from vitprobe.stats.binning import digitize, edge_ranks
@@ -165,7 +175,7 @@ class JointCounts(Accumulator):
                  device: str | torch.device | None = None,
                  counts_calibration: bool = False) -> None:
         if bins < 2 or bins % 2 or bins > 256:
-            raise ValueError(f"bins must be even and in [2, 256], got {bins}")
+            raise ConfigurationError(f"bins must be even and in [2, 256], got {bins}")
         self.layout = layout
         self.bins = int(bins)
         self.groups = layout.check_groups(groups)
@@ -173,11 +183,11 @@ class JointCounts(Accumulator):
         ch = np.arange(layout.d_model) if channels is None else np.asarray(channels, np.int64)
         if ch.ndim != 1 or ch.size == 0 or ch.min() < 0 or ch.max() >= layout.d_model \
                 or np.unique(ch).size != ch.size:
-            raise ValueError("channels must be distinct indices below d_model")
+            raise ConfigurationError("channels must be distinct indices below d_model")
         self.channels = ch
         self.calibration_images = int(calibration_images)
         if self.calibration_images < self.bins:
-            raise ValueError("calibration_images must be at least bins")
+            raise ConfigurationError("calibration_images must be at least bins")
         self.split_half = bool(split_half)
         self.null_channels = null_channels
         #: indices into ``channels`` of the channels with null counts
@@ -199,7 +209,7 @@ class JointCounts(Accumulator):
         self.calibration_n = 0
         self.edges: torch.Tensor | None = None  # (G, B-1, P, C) float32
         if count_dtype not in ("auto", "int16", "int32"):
-            raise ValueError("count_dtype must be 'auto', 'int16' or 'int32'")
+            raise ConfigurationError("count_dtype must be 'auto', 'int16' or 'int32'")
         self.count_dtype = count_dtype
         self.counts: list[torch.Tensor] = []  # (H, C, B_x, P, B_y) int16 / int32
         self._scratch_bufs: dict[int, dict[str, np.ndarray]] = {}  # group -> name -> buffer
@@ -244,7 +254,8 @@ class JointCounts(Accumulator):
         return self._chan_t
 
     def _activations(self, cache: Mapping[str, Any], group: Group) -> torch.Tensor:
-        t = cache[f"blocks.{group[0]}.{group[1]}.out"]
+        # a missing site is reported (MissingSiteError) by patch_activations
+        t = cache.get(f"blocks.{group[0]}.{group[1]}.out")
         dev = t.device if isinstance(t, torch.Tensor) else torch.device("cpu")
         x = patch_activations(cache, self.layout, group, self._channels_tensor(dev))
         if self.device is None:
@@ -260,7 +271,7 @@ class JointCounts(Accumulator):
             self._calibrate_counting(cache)
             return
         if self.calibrated:
-            raise RuntimeError("already calibrated")
+            raise AlreadyCalibratedError("the bin edges are already frozen (end_calibration)")
         room = self.calibration_images - self._res_n
         if room <= 0:
             return
@@ -278,7 +289,7 @@ class JointCounts(Accumulator):
         xs: list[torch.Tensor | None] = [self._activations(cache, g) for g in self.groups]
         nb = xs[0].shape[0] if xs else 0
         if any(x.shape[0] != nb for x in xs):
-            raise ValueError("all sites of a batch must hold the same images")
+            raise InputShapeError("all sites of a batch must hold the same images")
         if nb == 0:
             return
         self._pending.append((xs, self._order(cache, nb, self._pending_n)))
@@ -298,7 +309,7 @@ class JointCounts(Accumulator):
             return start + np.arange(nb, dtype=np.int64)
         order = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
         if order.shape != (nb,):
-            raise ValueError(f"{IMAGE_INDEX} holds {order.shape} indices for a batch of {nb}")
+            raise InputShapeError(f"{IMAGE_INDEX} holds {order.shape} indices for a batch of {nb}")
         return order
 
     def _freeze_and_count(self) -> None:
@@ -307,7 +318,7 @@ class JointCounts(Accumulator):
         are counted, and its batches released just after: the peak stays near the larger
         of reservoir and counts)."""
         if self._res_n < self.bins:
-            raise ValueError(f"calibration saw {self._res_n} images; need at least "
+            raise InsufficientDataError(f"calibration saw {self._res_n} images; need at least "
                              f"bins={self.bins}")
         ranks = edge_ranks(self._res_n, self.bins)
         g = len(self.groups)
@@ -356,8 +367,8 @@ class JointCounts(Accumulator):
                 self._freeze_and_count()
             return
         if self._res_n < self.bins:
-            raise ValueError(f"calibration saw {self._res_n} images; need at least "
-                             f"bins={self.bins}")
+            raise InsufficientDataError(f"calibration saw {self._res_n} images; need at "
+                                        f"least bins={self.bins}")
         ranks = torch.as_tensor(edge_ranks(self._res_n, self.bins))
         edges, lo, hi = [], [], []
         for gi in range(len(self.groups)):
@@ -383,7 +394,8 @@ class JointCounts(Accumulator):
         g, p, c, b = len(self.groups), self.layout.n_positions, self.channels.size, self.bins
         e = torch.as_tensor(edges, dtype=torch.float32).to(dev).contiguous()
         if tuple(e.shape) != (g, b - 1, p, c):
-            raise ValueError(f"edges must have shape {(g, b - 1, p, c)}, got {tuple(e.shape)}")
+            raise IncompatibleStateError(
+                f"edges must have shape {(g, b - 1, p, c)}, got {tuple(e.shape)}")
         self.edges = e
         self._edges_np: np.ndarray | None = e.numpy() if dev.type == "cpu" else None
         self.counts = [None] * g  # type: ignore[list-item]
@@ -419,13 +431,13 @@ class JointCounts(Accumulator):
     # -- streaming ------------------------------------------------------------------------
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
-            raise RuntimeError("JointCounts needs calibrate() / end_calibration() first")
+            raise NotCalibratedError("JointCounts needs calibrate() / end_calibration() first")
         xs = [self._activations(cache, group) for group in self.groups]
         nb = xs[0].shape[0] if xs else 0
         if nb == 0:
             return
         if any(x.shape[0] != nb for x in xs):
-            raise ValueError("all sites of a batch must hold the same images")
+            raise InputShapeError("all sites of a batch must hold the same images")
         self._ensure_capacity(nb)
         if not (xs[0].device.type == "cpu" and jit_enabled()) or self.device_path_on_cpu:
             for dt in {c.dtype for c in self.counts} | {torch.int32}:  # pre-size shared buffers
@@ -565,13 +577,15 @@ class JointCounts(Accumulator):
 
     # -- state ----------------------------------------------------------------------------
     def merge(self, other: Self) -> Self:
-        check_same_config(self, other)
+        self.check_mergeable(other)
         if not (self.calibrated and other.calibrated):
-            raise ValueError("merge calibrated accumulators only")
+            raise IncompatibleStateError("merge calibrated accumulators only: calibrate once "
+                                         "and share the state before streaming")
         assert self.edges is not None and other.edges is not None
         if not torch.equal(self.edges, other.edges.to(self.device)):
-            raise ValueError("shards were calibrated differently: calibrate once and "
-                             "load_state_dict the calibrated (empty) state into every shard")
+            raise IncompatibleStateError("shards were calibrated differently: calibrate once "
+                                         "and load_state_dict the calibrated (empty) state "
+                                         "into every shard")
         self._ensure_capacity(other.n)
         if self.counts and other.counts and other.counts[0].dtype == torch.int32:
             self.counts = [c.to(torch.int32) for c in self.counts]
@@ -585,15 +599,15 @@ class JointCounts(Accumulator):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the state: ``edges`` (G, B-1, P, C) float32, ``vmin`` / ``vmax``,
-        ``counts_{g}`` (H, P, C, B_x, B_y) int16 or int32, ``null_{g}`` and ``cross_{g}``
-        int64, ``n``, ``n_null``,
+        ``counts_{g}`` (H, P, C, B_x, B_y) int16 or int32, ``null_{g}`` (C_null, B_x, P,
+        B_y) int64, ``cross_{g}`` (H, K, B_x, B_y) int64, ``n``, ``n_null``,
         ``calibration_n``; before calibration ends, ``reservoir_{g}`` instead."""
         out: dict[str, np.ndarray] = {"n": np.asarray(self.n, np.int64),
                                       "n_null": np.asarray(self.n_null, np.int64),
                                       "calibration_n": np.asarray(self.calibration_n, np.int64)}
         if not self.calibrated:
             if self._pending:
-                raise RuntimeError("JointCounts holds calibration batches still to be "
+                raise NotCalibratedError("JointCounts holds calibration batches still to be "
                                    "counted: call end_calibration() before state_dict()")
             if self._res_n:
                 for gi in range(len(self.groups)):
@@ -653,7 +667,7 @@ class JointCounts(Accumulator):
             for key in ("counts", "null", "cross"):
                 src = np.asarray(state[f"{key}_{gi}"])
                 if src.size and src.max(initial=0) >= 2**31:
-                    raise OverflowError(f"{key} exceed int32; use fewer images per shard")
+                    raise CountOverflowError(f"{key} exceed int32; use fewer images per shard")
                 dst = {"counts": self.canonical(gi), "null": self.null[gi],
                        "cross": self.cross_counts[gi]}[key]
                 dst.copy_(torch.as_tensor(src))

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vitprobe.errors import InsufficientDataError, NotCalibratedError
 from vitprobe.stats._common import (
     LAYER_ATTRS,
     SUBLAYER_ATTRS,
@@ -98,8 +99,10 @@ def joint_dataset(acc: JointCounts, *, keep_channels: int | Sequence[int] = 2,
 
 def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
                    method: str) -> xr.Dataset:
-    if not acc.calibrated or acc.n == 0:
-        raise ValueError("no data accumulated")
+    if not acc.calibrated:
+        raise NotCalibratedError("JointCounts.result() needs calibrate() / end_calibration() first")
+    if acc.n == 0:
+        raise InsufficientDataError("no data accumulated")
     lay = acc.layout
     layers, subs = group_axes(acc.groups)
     nl, ns = len(layers), len(subs)

@@ -22,6 +22,8 @@ import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
 
+from vitprobe.errors import InputShapeError
+
 __all__ = ["mutual_info_ksg"]
 
 
@@ -61,7 +63,7 @@ def mutual_info_ksg(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
+        raise InputShapeError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
     lead = x.shape[:-1]
     xs = x.reshape(-1, x.shape[-1])
     ys = y.reshape(-1, y.shape[-1])

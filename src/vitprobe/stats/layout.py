@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from vitprobe.errors import ConfigurationError, InputShapeError
+
 __all__ = ["SUBLAYERS", "NeuronLayout", "site_name"]
 
 SUBLAYERS: tuple[str, ...] = ("attn", "mlp")
@@ -71,15 +73,16 @@ class NeuronLayout:
         else:
             pti = np.asarray(self.patch_token_index, dtype=np.int64)
             if pti.shape != (rows, cols):
-                raise ValueError(f"patch_token_index has shape {pti.shape}, grid is {(rows, cols)}")
+                raise InputShapeError(
+                    f"patch_token_index has shape {pti.shape}, grid is {(rows, cols)}")
         object.__setattr__(self, "_pti", pti.astype(np.int64))
         c = (rows // 2, cols // 2) if self.centre is None else tuple(int(v) for v in self.centre)
         if not (0 <= c[0] < rows and 0 <= c[1] < cols):
-            raise ValueError(f"centre {c} outside the {rows} x {cols} grid")
+            raise ConfigurationError(f"centre {c} outside the {rows} x {cols} grid")
         object.__setattr__(self, "centre", c)
         for s in self.sublayers:
             if s not in SUBLAYERS:
-                raise ValueError(f"unknown sublayer {s!r}; expected one of {SUBLAYERS}")
+                raise ConfigurationError(f"unknown sublayer {s!r}; expected one of {SUBLAYERS}")
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -153,7 +156,7 @@ class NeuronLayout:
         gs = self.groups() if groups is None else [(int(g[0]), str(g[1])) for g in groups]
         for layer, s in gs:
             if not 0 <= layer < self.n_layers or s not in self.sublayers:
-                raise ValueError(f"group {(layer, s)} not in this layout")
+                raise ConfigurationError(f"group {(layer, s)} not in this layout")
         if len(set(gs)) != len(gs):
-            raise ValueError("duplicate (layer, sublayer) groups")
+            raise ConfigurationError("duplicate (layer, sublayer) groups")
         return gs

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from scipy.special import ndtri
 
+from vitprobe.errors import ConfigurationError, InputShapeError, InsufficientDataError
 from vitprobe.stats.binning import choose_bins, digitize, quantile_edges
 
 __all__ = ["coarsen_counts", "gaussian_copula_mi", "mi_from_counts", "mutual_info"]
@@ -90,7 +91,7 @@ def coarsen_counts(counts: ArrayLike, factor: int = 2) -> ArrayLike:
     """
     *lead, bx, by = counts.shape
     if bx % factor or by % factor:
-        raise ValueError(f"bins ({bx}, {by}) not divisible by {factor}")
+        raise ConfigurationError(f"bins ({bx}, {by}) not divisible by {factor}")
     shape = (*lead, bx // factor, factor, by // factor, factor)
     return counts.reshape(shape).sum(axis=(-3, -1)) if isinstance(counts, np.ndarray) \
         else counts.reshape(shape).sum(dim=(-3, -1))
@@ -160,15 +161,15 @@ def mi_from_counts(counts: ArrayLike, *, method: Method = "extrapolated",
     if method == "extrapolated":
         fine = f(counts, True)
         return fine + kappa * (fine - f(coarsen_counts(counts), True))
-    raise ValueError(f"unknown method {method!r}")
+    raise ConfigurationError(f"unknown method {method!r}")
 
 
 def _as_pairs(x: ArrayLike, y: ArrayLike) -> tuple[ArrayLike, ArrayLike, tuple[int, ...]]:
     if tuple(x.shape) != tuple(y.shape):
-        raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise InputShapeError(f"x and y must have the same shape, got {tuple(x.shape)} and "
+                              f"{tuple(y.shape)}")
     if len(x.shape) == 0:
-        raise ValueError("need samples along the last axis")
+        raise InputShapeError("need samples along the last axis")
     lead = tuple(x.shape[:-1])
     n = x.shape[-1]
     return x.reshape(-1, n), y.reshape(-1, n), lead
@@ -212,10 +213,10 @@ def mutual_info(x: ArrayLike, y: ArrayLike, *, bins: int | None = None,
     n = xs.shape[-1]
     b = choose_bins(n) if bins is None else int(bins)
     if method == "extrapolated" and b % 2:
-        raise ValueError(f"method='extrapolated' needs an even number of bins, got {b}")
+        raise ConfigurationError(f"method='extrapolated' needs an even number of bins, got {b}")
     r = min(n, 64 * b) if edge_sample is None else min(n, int(edge_sample))
     if r < b:
-        raise ValueError(f"{n} samples are too few for {b} bins")
+        raise InsufficientDataError(f"{n} samples are too few for {b} bins")
     rng = np.random.default_rng(seed)
     sub = None if r == n else np.sort(rng.choice(n, size=r, replace=False))
 

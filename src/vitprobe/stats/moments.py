@@ -40,19 +40,17 @@ import xarray as xr
 from scipy.stats import chi2
 
 from vitprobe._jit import jit_enabled
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.errors import InputShapeError, InsufficientDataError
+from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
 from vitprobe.stats._common import (
     LAYER_ATTRS,
     SUBLAYER_ATTRS,
     as_float32_numpy,
-    check_same_config,
     group_axes,
     groups_attr,
     layout_attrs,
     patch_activations,
     position_coords,
-    resolve_threads,
-    run_parallel,
 )
 from vitprobe.stats._kernels import moments_update
 from vitprobe.stats._pebay import Moments, combine_moments
@@ -156,7 +154,7 @@ class NeuronMoments(Accumulator):
             return
         nb = xs[0].shape[0]
         if any(x.shape[0] != nb for x in xs):
-            raise ValueError("all sites of a batch must hold the same images")
+            raise InputShapeError("all sites of a batch must hold the same images")
         if self._state is None:
             self._alloc(self.device or xs[0].device)
         assert self.device is not None
@@ -199,7 +197,7 @@ class NeuronMoments(Accumulator):
 
     # -- state ----------------------------------------------------------------------------
     def merge(self, other: Self) -> Self:
-        check_same_config(self, other)
+        self.check_mergeable(other)
         if other._state is None or other.n == 0:
             return self
         if self._state is None:
@@ -237,7 +235,7 @@ class NeuronMoments(Accumulator):
     def stats(self) -> dict[str, np.ndarray]:
         """Derived statistics as (groups, P, C) float64 numpy arrays."""
         if self._state is None or self.n == 0:
-            raise ValueError("no data accumulated")
+            raise InsufficientDataError("no data accumulated")
         mean, m2, m3, m4, lo, hi = (t.cpu().numpy() for t in self._state)
         n = float(self.n)
         with np.errstate(divide="ignore", invalid="ignore"):

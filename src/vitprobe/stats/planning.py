@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitprobe.errors import VitprobeError
+from vitprobe.errors import ConfigurationError
 from vitprobe.stats.joint import null_channel_subset
 from vitprobe.stats.layout import Group, NeuronLayout
 
@@ -104,7 +104,7 @@ def plan_passes(layout: NeuronLayout, bins: int, budget_bytes: int, *,
 
     Raises
     ------
-    VitprobeError
+    ConfigurationError
         If a single group does not fit: lower ``bins``, ``calibration_images`` or the
         channel count, or raise the budget.
     """
@@ -118,7 +118,7 @@ def plan_passes(layout: NeuronLayout, bins: int, budget_bytes: int, *,
             break
     if per_pass == 0:
         need = joint_memory(layout, bins, n_groups=1, **options).peak  # type: ignore[arg-type]
-        raise VitprobeError(
+        raise ConfigurationError(
             f"one (layer, sublayer) group needs {need / 1e9:.2f} GB with bins={bins}, above "
             f"the budget of {budget_bytes / 1e9:.2f} GB: lower bins or calibration_images, "
             "study fewer channels, or raise the budget")

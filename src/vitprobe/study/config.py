@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vitprobe.defaults import DEFAULT_IMAGES, DEFAULT_MODEL, DEMO_N_IMAGES
-from vitprobe.errors import ConfigError
+from vitprobe.errors import ConfigurationError
 from vitprobe.schema import CONTROLS, RANDOM_INIT, TRAINED
 
 #: analyses of a default run, in report order (see vitprobe.analyses.REGISTRY for all)
@@ -26,7 +26,7 @@ def parse_bytes(text: str | int | float) -> int:
     """``"4GB"``, ``"512MiB"``, ``2e9`` -> bytes.
 
     Raises:
-        ConfigError: not a memory size.
+        ConfigurationError: not a memory size.
     """
     if isinstance(text, int | float):
         return int(text)
@@ -36,7 +36,7 @@ def parse_bytes(text: str | int | float) -> int:
         pass
     match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?i?b?)\s*", str(text).lower())
     if not match:
-        raise ConfigError(f"cannot read memory size {text!r} (examples: 4GB, 512MiB)")
+        raise ConfigurationError(f"cannot read memory size {text!r} (examples: 4GB, 512MiB)")
     number, unit = float(match.group(1)), match.group(2).rstrip("b")
     base = 1024 if unit.endswith("i") else 1000
     power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit.rstrip("i")]
@@ -111,31 +111,33 @@ class StudyConfig:
         set_(self, "options", dict(self.options))
         unknown = [a for a in self.analyses if a not in REGISTRY]
         if unknown or not self.analyses:
-            raise ConfigError(f"unknown analyses {unknown or '(none)'}; choose from "
-                              f"{', '.join(REGISTRY)}")
+            raise ConfigurationError(f"unknown analyses {unknown or '(none)'}; choose from "
+                                     f"{', '.join(REGISTRY)}")
         if self.control not in (None, *CONTROLS):
-            raise ConfigError(f"unknown control {self.control!r}; choose from "
-                              f"{', '.join(CONTROLS)} or none")
+            raise ConfigurationError(f"unknown control {self.control!r}; choose from "
+                                     f"{', '.join(CONTROLS)} or none")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+            raise ConfigurationError(
+                f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
         for name in ("batch_size", "calibration_images"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigurationError(f"{name.replace('_', '-')} must be >= 1, "
+                                         f"got {getattr(self, name)}")
         if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+            raise ConfigurationError(f"workers must be >= 0, got {self.workers}")
         if self.n_images is not None and self.n_images < 1:
-            raise ConfigError(f"n-images must be >= 1, got {self.n_images}")
+            raise ConfigurationError(f"n-images must be >= 1, got {self.n_images}")
         for name, least in (("mi_channels", 1), ("mi_bins", 2)):
             value = getattr(self, name)
             if value is not None and value < least:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= {least}, got {value}")
+                raise ConfigurationError(
+                    f"{name.replace('_', '-')} must be >= {least}, got {value}")
         if self.memory_budget <= 0:
-            raise ConfigError(f"memory budget must be positive, got {self.memory_budget}")
+            raise ConfigurationError(f"memory budget must be positive, got {self.memory_budget}")
         if self.checkpoint_every_s <= 0:
-            raise ConfigError("checkpoint interval must be positive")
+            raise ConfigurationError("checkpoint interval must be positive")
         if self.resume and self.force:
-            raise ConfigError("--resume continues a run and --force replaces it: pass one")
+            raise ConfigurationError("--resume continues a run and --force replaces it: pass one")
         if self.n_images is None and self.images == DEFAULT_IMAGES:
             set_(self, "n_images", DEMO_N_IMAGES)
         _check_device(self.device)
@@ -172,13 +174,13 @@ class StudyConfig:
 
 def _check_device(device: str) -> None:
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+        raise ConfigurationError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA GPU is available here "
+            raise ConfigurationError(f"--device {device}: no CUDA GPU is available here "
                               "(torch.cuda.is_available() is False); use --device cpu")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} GPU(s)")
+            raise ConfigurationError(f"--device {device}: only {torch.cuda.device_count()} GPU(s)")

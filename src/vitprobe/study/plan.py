@@ -22,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-from vitprobe.data.sources import processing_order
+from vitprobe.data.catalog import processing_order
 
 __all__ = ["RunPlan"]
 

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vitprobe.record import Accumulator, Recorder
-from vitprobe.stats._common import nonfinite_rows
+from vitprobe.record import Accumulator, Recorder, nonfinite_rows
 from vitprobe.stats.joint import IMAGE_INDEX
 
 if TYPE_CHECKING:

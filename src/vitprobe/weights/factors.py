@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vitprobe.errors import UnsupportedModelError
+from vitprobe.errors import InputShapeError, UnsupportedModelError
 
 __all__ = ["QKFactors", "effective_factors", "factors_from_arrays", "factors_from_probed"]
 
@@ -75,7 +75,7 @@ class QKFactors:
 
     def __post_init__(self) -> None:
         if self.W_Q.ndim != 4 or self.W_Q.shape != self.W_K.shape:
-            raise ValueError(
+            raise InputShapeError(
                 f"W_Q and W_K must both be (layer, head, d_model, d_head); got "
                 f"{self.W_Q.shape} and {self.W_K.shape}"
             )

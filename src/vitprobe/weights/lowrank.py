@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vitprobe.errors import InputShapeError
+
 __all__ = ["QKSpectra", "dense_qk_spectra", "qk_spectra"]
 
 
@@ -250,13 +252,13 @@ def qk_spectra(
 
 def _qk_spectra(A: torch.Tensor, B: torch.Tensor, top_k: int) -> QKSpectra:
     if A.shape != B.shape or A.ndim < 2:
-        raise ValueError(
+        raise InputShapeError(
             f"W_Q and W_K must have the same shape (..., d, r); got "
             f"{tuple(A.shape)} and {tuple(B.shape)}"
         )
     *batch, d, r = A.shape
     if d < r:
-        raise ValueError(f"expected d_model >= d_head, got d={d}, r={r}")
+        raise InputShapeError(f"expected d_model >= d_head, got d={d}, r={r}")
     k = max(0, min(int(top_k), r))
     N = int(np.prod(batch, dtype=np.int64))
     C = torch.empty(N, d, 2 * r, dtype=torch.float64)  # joint factors C = [A B], float64

