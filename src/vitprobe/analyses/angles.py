@@ -105,7 +105,8 @@ class AnglesAnalysis(Analysis):
             return {}
         from vitprobe.attention import AngleAccumulator
 
-        return {"angles": AngleAccumulator.from_model(model)}
+        # the mean token comes from the first calibration images, which are counted too
+        return {"angles": AngleAccumulator.from_model(model, counts_calibration=True)}
 
     def findings(self, datasets: Datasets) -> list[str]:
         """Layers where attention goes to more / less similar patches than all pairs, the

@@ -25,6 +25,7 @@ from vitprobe.analyses.common import (
     n_images_text,
     sublayer_name,
 )
+from vitprobe.errors import ConfigurationError
 from vitprobe.schema import controls, main_model
 
 if TYPE_CHECKING:
@@ -58,8 +59,17 @@ def mi_bins(context: Context) -> int:
 
 
 def _calibration_images(context: Context, bins: int) -> int:
-    # equal-frequency edges need at least one calibration value per bin
-    return max(context.calibration_images, bins)
+    """The calibration sample, checked: equal-frequency edges need a value per bin.
+
+    Raises:
+        ConfigurationError: fewer calibration images than bins.
+    """
+    if context.calibration_images < bins:
+        raise ConfigurationError(
+            f"the MI analysis's {bins} quantile bins per neuron need at least {bins} "
+            f"calibration images, got {context.calibration_images} (of {context.n_images} "
+            "images): lower --mi-bins, or raise --calibration-images or --n-images")
+    return context.calibration_images
 
 
 def plan_mi_passes(model: ProbedViT, context: Context) -> list[list[Group]]:
@@ -260,7 +270,8 @@ class MIAnalysis(Analysis):
         return {"mi": JointCounts(NeuronLayout.from_model(model), bins,
                                   groups=passes[pass_index],
                                   channels=mi_channels(model, context),
-                                  calibration_images=_calibration_images(context, bins))}
+                                  calibration_images=_calibration_images(context, bins),
+                                  counts_calibration=True)}
 
     def results(self, finished: Mapping[str, Sequence[Accumulator]]) -> Datasets:
         """The passes' Datasets combined exactly (one pass: its own result)."""

@@ -88,7 +88,12 @@ class MomentsAnalysis(Analysis):
         from vitprobe.stats.moments import NeuronMoments
 
         layout = NeuronLayout.from_model(model)
-        return {"moments": NeuronMoments(layout), "histograms": NeuronHistograms(layout)}
+        # histograms standardise each neuron by the calibration images' moments and count
+        # those images too (one forward per image)
+        return {"moments": NeuronMoments(layout),
+                "histograms": NeuronHistograms(layout,
+                                               calibration_images=context.calibration_images,
+                                               counts_calibration=True)}
 
     def findings(self, datasets: Datasets) -> list[str]:
         """Per sublayer: the layer with the highest median excess kurtosis, and the share
