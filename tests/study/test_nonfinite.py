@@ -7,6 +7,7 @@ import json
 import numpy as np
 import xarray as xr
 
+from vitprobe.models import load_model
 from vitprobe.study import StudyConfig
 from vitprobe.study.runner import Study
 
@@ -15,18 +16,20 @@ def test_nonfinite_activations_skip_the_image_and_name_the_site(tmp_path):
     cfg = StudyConfig(model="timm:vit_tiny_patch16_224", pretrained=False,
                       images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
                       calibration_images=8, analyses=("moments", "mi"), mi_channels=8,
-                      mi_bins=4, out=tmp_path / "run")
-    study = Study(cfg, progress=False, log=lambda msg: None)
+                      mi_bins=4, out=tmp_path / "run", control=None)
+    model = load_model(cfg.model, pretrained=False, seed=cfg.seed)
 
     def overflow_first_image(module, args, output):
         # a real model failing numerically on some inputs (as fp16 overflow would):
         # block 1 emits inf for the first image of every batch
         output[0, 3] = float("inf")
 
-    study.models["trained"].adapter.blocks()[1].register_forward_hook(overflow_first_image)
+    model.adapter.blocks()[1].register_forward_hook(overflow_first_image)
+    study = Study(cfg, progress=False, log=lambda msg: None, models={cfg.variants[0]: model})
     result = study.run()
 
-    first_of_batch = [study.ids[i] for i in range(0, 24, 8)]
+    # batches follow the seeded processing order (vitprobe.study.plan)
+    first_of_batch = [study.ids[study.plan.chunk(c)[0]] for c in range(3)]
     reasons = dict(result.skipped)
     assert sorted(reasons) == sorted(first_of_batch)
     # the first recorded site after block 1's output: block 2's attention output

@@ -24,17 +24,18 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vitprobe import runfolder
 from vitprobe.analyses import Analysis, Context, get_analysis
-from vitprobe.errors import ResultsError, RunFolderError, VitprobeError
+from vitprobe.errors import ConfigurationError, ResultsError, RunFolderError, VitprobeError
 from vitprobe.record import Accumulator
+from vitprobe.schema import TRAINED
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
 from vitprobe.study import manifest
@@ -43,6 +44,9 @@ from vitprobe.study.merge import merge_states
 from vitprobe.study.plan import RunPlan
 from vitprobe.study.results import collect, write_results
 from vitprobe.study.stream import Streamer
+
+if TYPE_CHECKING:
+    from vitprobe.models import ProbedViT
 
 EXIT_INTERRUPTED = 3
 #: seconds between progress lines when stderr is not a terminal
@@ -96,8 +100,21 @@ class Study:
     """One run of the study (use :func:`run_study`)."""
 
     def __init__(self, config: StudyConfig, *, progress: bool | str = True,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 models: Mapping[str, ProbedViT] | None = None) -> None:
+        """Args:
+            config: what to run.
+            progress: progress bars (True: on a terminal; "always").
+            log: where messages go (default: stderr).
+            models: already loaded models by variant (:attr:`StudyConfig.variants`), used
+                instead of loading ``config.model``: e.g. a model with your own hooks.
+        """
         self.config = config
+        self.given_models = dict(models or {})
+        missing = set(self.given_models) - set(config.variants)
+        if missing:
+            raise ConfigurationError(f"models given for {sorted(missing)}, but the run's "
+                                     f"models are {list(config.variants)}")
         self.world = dist.init(config.device)
         self.device = dist.device_for(self.world, config.device)
         self.progress = self.world.is_main and (progress == "always"
@@ -135,7 +152,10 @@ class Study:
         source = open_images(cfg.images, n_images=cfg.n_images, seed=cfg.seed)
         self.models = {}
         for variant in cfg.variants:
-            pretrained = variant == "trained"
+            pretrained = variant == TRAINED
+            if variant in self.given_models:
+                self.models[variant] = self.given_models[variant].to(self.device)
+                continue
             self.models[variant] = load_model(
                 cfg.model, pretrained=pretrained, device=self.device,
                 checkpoint=cfg.checkpoint if pretrained else None, seed=cfg.seed)
@@ -306,13 +326,16 @@ class Study:
         mine_done = set(done) if world.is_main else set()
         loader = self._loader(mine)
         n_remaining = sum(len(plan.chunk(i)) for i in remaining)
+        # progress counts every image of the pass (those counted while calibrating or
+        # before a resume included); rates and time left count this session's only
+        before = plan.n_images - n_remaining
         label = f"pass {pass_index + 1}/{plan.n_passes}"
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n_remaining, desc=label, unit="img", dynamic_ncols=True,
-                       postfix={"procs": world.size})
+            bar = tqdm(total=plan.n_images, initial=before, desc=label, unit="img",
+                       dynamic_ncols=True, postfix={"procs": world.size})
         t0 = time.perf_counter()
         last_checkpoint = last_log = t0
         counted = 0
@@ -348,7 +371,8 @@ class Study:
                     last_log = now
                     rate = counted / max(now - t0, 1e-9)
                     eta = (n_remaining - counted) / max(rate, 1e-9)
-                    self.log(f"{label}: {counted}/{n_remaining} images, {rate:.1f} images/s "
+                    self.log(f"{label}: {before + counted}/{plan.n_images} images, "
+                             f"{rate:.1f} images/s "
                              f"over {world.size} process(es), about {eta / 60:.1f} min left")
                 if stop_flag or due:
                     self.streamer.skipped = _unique(self.streamer.skipped + _skips(loader))
