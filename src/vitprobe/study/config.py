@@ -134,8 +134,8 @@ class StudyConfig:
                     f"{name.replace('_', '-')} must be >= {least}, got {value}")
         if self.memory_budget <= 0:
             raise ConfigurationError(f"memory budget must be positive, got {self.memory_budget}")
-        if self.checkpoint_every_s <= 0:
-            raise ConfigurationError("checkpoint interval must be positive")
+        if self.checkpoint_every_s < 0:  # 0: after every batch
+            raise ConfigurationError("checkpoint interval must be >= 0 seconds")
         if self.resume and self.force:
             raise ConfigurationError("--resume continues a run and --force replaces it: pass one")
         if self.n_images is None and self.images == DEFAULT_IMAGES:
