@@ -128,3 +128,17 @@ def test_mi_caption_states_the_estimator(results) -> None:
     caption = spec.caption(results, {"images": {"source": "x", "n_selected": 24}})
     assert f"I_B + {KAPPA:g} (I_B - I_B/2)" in caption and "2 I_B" not in caption
     assert "Miller-Madow" in caption and "independent image" in caption
+
+
+def test_angle_summary_attaches_qk_only_of_the_same_models(models, results) -> None:
+    spec = next(s for s in get_analysis("angles").figures if s.slug == "angle_summary")
+    manifest = {"images": {"source": "x", "n_selected": 24}}
+    full = spec.draw(results)
+    texts = [t.get_text() for ax in full.axes for t in ax.texts]
+    assert not any("not attached" in t for t in texts)  # qk panels filled
+    alone = get_analysis("qk").run({TRAINED: models[TRAINED]}, CONTEXT)
+    partial = {**results, **alone}
+    fig = spec.draw(partial)
+    assert any("not attached" in t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "did not run on these models" in spec.caption(partial, manifest)
+    assert "did not run" not in spec.caption(results, manifest)

@@ -23,7 +23,7 @@ from vitprobe.analyses.common import (
     layer_list,
     n_images_text,
 )
-from vitprobe.schema import controls, main_model
+from vitprobe.schema import MODEL_DIM, controls, main_model
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,6 +49,14 @@ _WHAT = {
 }
 
 
+def _qk_matches(datasets: Datasets) -> bool:
+    """``qk.nc`` is there and holds every model of ``angles.nc`` (the same run)."""
+    if "qk" not in datasets:
+        return False
+    have = {str(v) for v in datasets["qk"][MODEL_DIM].values}
+    return {str(v) for v in datasets["angles"][MODEL_DIM].values} <= have
+
+
 def _draw(kind: str) -> Callable[[Datasets], Figure]:
     def draw(datasets: Datasets) -> Figure:
         from vitprobe.plots import angles
@@ -58,7 +66,7 @@ def _draw(kind: str) -> Callable[[Datasets], Figure]:
             return angles.plot_angle_distributions(ds)
         if kind == "attention":
             return angles.plot_attention_vs_angle(ds)
-        if "qk" in datasets:
+        if _qk_matches(datasets):
             from vitprobe.attention import attach_qk
 
             ds = attach_qk(ds, datasets["qk"])
@@ -72,8 +80,8 @@ def _caption(kind: str) -> Callable[[Datasets, dict], str]:
         ds = datasets["angles"]
         embedding = ds.attrs.get("embedding", "ln1")
         qk = ""
-        if kind == "summary" and "qk" not in datasets:
-            qk = " The query-key panels are empty: the qk analysis was not run."
+        if kind == "summary" and not _qk_matches(datasets):
+            qk = " The query-key panels are empty: the qk analysis did not run on these models."
         return (f"{_WHAT[kind]} Embeddings as attention sees them (<code>{embedding}</code>); "
                 "solid: raw, dashed: after removing the dataset's mean token (anisotropy). "
                 f"{n_images_text(manifest)}; prefix tokens excluded.{qk}" + control_note(ds))

@@ -77,6 +77,7 @@ def _load(spec: str, *, pretrained: bool, seed: int, checkpoint: str | None):
 
 def run_qk(args: argparse.Namespace) -> int:
     from vitprobe.models.registry import DEFAULT_MODEL
+    from vitprobe.schema import RANDOM_INIT, TRAINED
     from vitprobe.weights.analysis import analyze_qk
     from vitprobe.weights.io import save_qk, summary_table
 
@@ -97,7 +98,7 @@ def run_qk(args: argparse.Namespace) -> int:
         fold_ln=args.fold_ln,
         scale=args.scale,
         top_k=args.top_k,
-        label="random-init" if args.random_init else "trained",
+        label=RANDOM_INIT if args.random_init else TRAINED,
     )
     out = Path(args.out)
     path = save_qk(ds, out / "qk.nc")
