@@ -58,8 +58,12 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     ds.attrs = clean_attrs(dict(ds.attrs))
     for name in ds.variables:
         ds[name].attrs = clean_attrs(dict(ds[name].attrs))
+    # encoded in memory, then written with a plain file write: a full disk then fails
+    # as an ordinary OSError; HDF5 writing to a full disk itself leaves a file open that
+    # crashes the interpreter at exit
+    data = ds.to_netcdf(engine="h5netcdf")
     with atomic_write(path) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        tmp.write_bytes(data)
     return path
 
 

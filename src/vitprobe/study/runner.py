@@ -396,9 +396,8 @@ class Study:
 
     def _count(self, stop: _Stop) -> None:
         """Every pass: calibrate, stream, merge into ``self.finished``."""
-        start_pass, current, done, calibrated = 0, {}, set(), False
-        if self.config.resume and (self.out / runfolder.CHECKPOINT).exists():
-            start_pass, current, done, calibrated = self._restore()
+        start_pass, current, done, calibrated = self.resumed or (0, {}, set(), False)
+        if self.resumed:
             self.log(f"resuming pass {start_pass + 1}/{self.plan.n_passes}: {len(done)} of "
                      f"{self.plan.n_chunks} batches already counted")
         for p in range(start_pass, self.plan.n_passes):
@@ -447,6 +446,11 @@ class Study:
             if message is not None:
                 raise ResultsError(message)
             self._prepare()
+            # a checkpoint is checked against these settings and images before anything
+            # in the folder changes (images.txt still lists the checkpoint's images)
+            self.resumed = None
+            if cfg.resume and (self.out / runfolder.CHECKPOINT).exists():
+                self.resumed = self._restore()
             if world.is_main:
                 if cfg.force:
                     removed = runfolder.clear_run(self.out)
