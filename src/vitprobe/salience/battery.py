@@ -23,7 +23,7 @@ import xarray as xr
 
 from vitprobe.models import ProbedViT
 from vitprobe.salience import stimuli as st
-from vitprobe.salience.measure import measure_arrays, measure_surround
+from vitprobe.salience.measure import attention_maps, measure_arrays, measure_surround
 from vitprobe.schema import RANDOM_INIT, TRAINED, stack_models
 
 __all__ = ["SalienceConfig", "measure_salience", "salience_dataset"]
@@ -198,18 +198,18 @@ def _popout(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> xr.Dat
     cond = ("feature", "level", "jitter", "placement", "seed")
     ds = xr.Dataset(
         {
-            "popout_log2_ratio": (cond + ("layer", "head", "source"),
+            "popout_log2_ratio": ((*cond, "layer", "head", "source"),
                                   raw["log2_ratio"].reshape(shape + raw["log2_ratio"].shape[1:])),
-            "popout_percentile": (cond + ("layer", "head", "source"),
+            "popout_percentile": ((*cond, "layer", "head", "source"),
                                   raw["percentile"].reshape(shape + raw["percentile"].shape[1:])),
-            "popout_log2_ratio_heads": (cond + ("layer", "source"), raw["log2_ratio_heads"]
+            "popout_log2_ratio_heads": ((*cond, "layer", "source"), raw["log2_ratio_heads"]
                                         .reshape(shape + raw["log2_ratio_heads"].shape[1:])),
-            "popout_percentile_heads": (cond + ("layer", "source"), raw["percentile_heads"]
+            "popout_percentile_heads": ((*cond, "layer", "source"), raw["percentile_heads"]
                                         .reshape(shape + raw["percentile_heads"].shape[1:])),
-            "popout_angle_singleton": (cond + ("layer",), raw["angle_singleton"]
-                                       .reshape(shape + (model.n_layers,))),
-            "popout_angle_distractors": (cond + ("layer",), raw["angle_distractors"]
-                                         .reshape(shape + (model.n_layers,))),
+            "popout_angle_singleton": ((*cond, "layer"), raw["angle_singleton"]
+                                       .reshape((*shape, model.n_layers))),
+            "popout_angle_distractors": ((*cond, "layer"), raw["angle_distractors"]
+                                         .reshape((*shape, model.n_layers))),
         },
         coords={
             "feature": list(cfg.features),
@@ -226,6 +226,21 @@ def _popout(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> xr.Dat
                             "units": "; ".join(f"{f}: {st.UNITS[f]}" for f in cfg.features)}),
         },
     )
+    # one example per feature (maximal difference, first seed, aligned, no jitter) with
+    # the attention every patch receives in every layer, for the figures
+    size, patch = model.preprocess.input_size, model.patch_size
+    examples = [st.popout_stimulus(size, patch, feature=f, level=1.0, seed=0, cell=cfg.cell)
+                for f in cfg.features]
+    ex_images = np.stack([e[0] for e in examples])
+    ds["example_image"] = (("feature", "y", "x", "rgb"),
+                           np.round(ex_images * 255).astype(np.uint8),
+                           {"long_name": "example stimulus (maximal difference, seed 0)"})
+    ds["example_attention"] = (("feature", "layer", "patch_row", "patch_col"),
+                               attention_maps(model, ex_images),
+                               {"long_name": "attention received per patch, mean over heads "
+                                "and patch queries"})
+    ds["example_singleton"] = (("feature", "patch"), np.stack([e[1][e[2]] for e in examples]),
+                               {"long_name": "patch-area weights of the example's singleton"})
     ds["popout_log2_ratio"].attrs.update(
         long_name="log2 (attention to the singleton / mean attention to a distractor), per head",
         units="log2 ratio")
@@ -260,13 +275,13 @@ def _conjunction(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> x
     cond = ("conjunction", "placement", "seed")
     ds = xr.Dataset(
         {
-            "conj_log2_ratio": (cond + ("layer", "head", "source"),
+            "conj_log2_ratio": ((*cond, "layer", "head", "source"),
                                 raw["log2_ratio"].reshape(shape + raw["log2_ratio"].shape[1:])),
-            "conj_log2_ratio_heads": (cond + ("layer", "source"), raw["log2_ratio_heads"]
+            "conj_log2_ratio_heads": ((*cond, "layer", "source"), raw["log2_ratio_heads"]
                                       .reshape(shape + raw["log2_ratio_heads"].shape[1:])),
-            "conj_angle_excess": (cond + ("layer",), (raw["angle_singleton"]
+            "conj_angle_excess": ((*cond, "layer"), (raw["angle_singleton"]
                                                       - raw["angle_distractors"])
-                                  .reshape(shape + (model.n_layers,))),
+                                  .reshape((*shape, model.n_layers))),
         },
         coords={"conjunction": ["null", "target"], "placement": list(cfg.placements),
                 "seed": np.arange(cfg.seeds), "source": list(_SOURCE)},
@@ -292,7 +307,7 @@ def _surround(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> xr.D
     cond = ("surround_feature", "relation", "distance", "seed")
     ds = xr.Dataset(
         {
-            "surround_suppression": (cond + ("layer", "sublayer"), suppression.mean(-1)),
+            "surround_suppression": ((*cond, "layer", "sublayer"), suppression.mean(-1)),
             "surround_attention": (("surround_feature", "surround_relation", "distance", "seed",
                                     "layer", "head"), attention),
             "surround_like_unlike": (("surround_feature", "distance", "seed", "layer", "head"),

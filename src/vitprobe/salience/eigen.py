@@ -337,12 +337,12 @@ def eigen_dataset(
     """
     H, p = model.n_heads, model.patch_size
     scale = float(model.arch.attn_scale)
-    pixels_real, real_images = _demo_pixels(model, n_images)
+    _pixels_real, real_images = _demo_pixels(model, n_images)
     context = real_images[0]
     shape = (len(layers), 2, H, len(PAIRS))
     out = {name: np.full(shape, np.nan) for name in
            ("logit", "logit_pred", "logit_adv", "attention")}
-    cosine = np.full(shape + (2,), np.nan)
+    cosine = np.full((*shape, 2), np.nan)
     share = np.full((len(layers), 2, H), np.nan)
     corr = np.full((len(layers), 2, H), np.nan)
     values = np.full((len(layers), H, 3), np.nan)
@@ -412,7 +412,7 @@ def eigen_dataset(
     dims = ("eigen_layer", "route", "head", "pair")
     ds = xr.Dataset(
         {
-            "eigen_cosine": (dims + ("role",), cosine, {
+            "eigen_cosine": ((*dims, "role"), cosine, {
                 "long_name": "cosine of the patch's normalised token with its target mode "
                 "(optimised: its change from the context's token; real: minus the image's "
                 "mean patch token; real values are means over images)"}),

@@ -36,7 +36,7 @@ from vitprobe.data.transforms import normalize
 from vitprobe.models import ProbedViT
 from vitprobe.salience.stimuli import StimulusBatch
 
-__all__ = ["measure_arrays", "measure_surround", "pixels_of"]
+__all__ = ["attention_maps", "measure_arrays", "measure_surround", "pixels_of"]
 
 Progress = Callable[[str], None] | None
 
@@ -219,3 +219,16 @@ def measure_surround(
         if progress is not None:
             progress(f"salience centre-surround: {sl.stop}/{N} stimuli")
     return out
+
+
+def attention_maps(model: ProbedViT, images: np.ndarray) -> np.ndarray:
+    """Attention each patch receives, per layer: (N, layer, rows, cols).
+
+    The attention pattern averaged over heads and over the patch-token queries (each
+    query's row sums to 1 over all tokens, so a uniform map is 1 / n_tokens).
+    """
+    L, pre = model.n_layers, model.arch.n_prefix
+    sites = [f"blocks.{layer}.attn.pattern" for layer in range(L)]
+    _, cache = model.run_with_cache(pixels_of(model, images), sites)
+    maps = [cache[s][:, :, pre:, pre:].double().mean((1, 2)) for s in sites]
+    return torch.stack(maps, 1).reshape(len(images), L, *model.grid).numpy()
