@@ -82,6 +82,16 @@ def test_similarity_form_does_not(index, feature):
     assert (si[1:] <= si[0] + 0.02).all(), si
 
 
+def pair_angle(x: np.ndarray, w: np.ndarray, e: int, f: int) -> float:
+    """Mean angle (degrees) between the tokens of elements e and f, area-weighted."""
+    total = 0.0
+    for i in np.nonzero(w[e])[0]:
+        for j in np.nonzero(w[f])[0]:
+            c = x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])
+            total += w[e, i] * w[f, j] * np.degrees(np.arccos(np.clip(c, -1, 1)))
+    return total / w[e].sum() / w[f].sum()
+
+
 def brute_force(model: ProbedViT, stim: StimulusBatch) -> dict[str, np.ndarray]:
     """The same measures, one stimulus at a time, with explicit loops (float64)."""
     pre, L, H = model.arch.n_prefix, model.n_layers, model.n_heads
@@ -110,16 +120,10 @@ def brute_force(model: ProbedViT, stim: StimulusBatch) -> dict[str, np.ndarray]:
                 pct[layer, h] = np.mean([1.0 if v < recv[s] else 0.5 if v == recv[s] else 0.0
                                          for v in d])
             x = cache[f"blocks.{layer}.ln1"][0, pre:].double().numpy()
-            def angle(e: int, f: int) -> float:
-                total = 0.0
-                for i in np.nonzero(w[e])[0]:
-                    for j in np.nonzero(w[f])[0]:
-                        c = x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])
-                        total += w[e, i] * w[f, j] * np.degrees(np.arccos(np.clip(c, -1, 1)))
-                return total / w[e].sum() / w[f].sum()
             others = [e for e in elements if e != s]
-            ang_s[layer] = np.mean([angle(s, e) for e in others])
-            ang_d[layer] = np.mean([angle(e, f) for e in others for f in others if e != f])
+            ang_s[layer] = np.mean([pair_angle(x, w, s, e) for e in others])
+            ang_d[layer] = np.mean([pair_angle(x, w, e, f) for e in others for f in others
+                                    if e != f])
         for key, v in zip(out, (ratio, pct, ang_s, ang_d), strict=True):
             out[key].append(v)
     return {k: np.array(v) for k, v in out.items()}

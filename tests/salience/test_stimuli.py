@@ -74,13 +74,13 @@ def test_colour_singleton_hue_from_pixels():
 
 
 def test_contrast_and_size_singletons_are_exact():
-    image, weights, s, meta = popout_stimulus(SIZE, PATCH, feature="contrast", level=1.0,
-                                              seed=2)
+    image, weights, s, _ = popout_stimulus(SIZE, PATCH, feature="contrast", level=1.0,
+                                           seed=2)
     px = cell_pixels(image, weights[s])
     assert px.max() == pytest.approx(1.0, abs=0.01) and px.min() == pytest.approx(0.0, abs=0.01)
     other = cell_pixels(image, weights[(s + 1) % 64])
     assert other.max() == pytest.approx(0.5 + 0.5 * 0.3, abs=0.01)
-    image, weights, s, meta = popout_stimulus(SIZE, PATCH, feature="size", level=1.0, seed=2)
+    image, weights, s, _ = popout_stimulus(SIZE, PATCH, feature="size", level=1.0, seed=2)
     disc = np.abs(cell_pixels(image, weights[s]) - 0.5).max(-1) > 1e-6
     small = np.abs(cell_pixels(image, weights[(s + 1) % 64]) - 0.5).max(-1) > 1e-6
     # the disc's extent doubles (diameter 0.5 -> 1.0 of the largest)

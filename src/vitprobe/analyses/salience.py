@@ -72,7 +72,8 @@ def _caption_surround(datasets: Datasets, manifest: dict) -> str:
             "neurons, (|r_alone| - |r_surround|) / (|r_alone| + |r_surround|) averaged over "
             "channels, at the smallest gap (positive: the surround suppresses). Right: log2 "
             "attention the centre's tokens give to an iso over a cross surround, per gap "
-            "(head-averaged). 95% CI over seeds." + _control_note(ds))
+            "(head-averaged). 95% CI over seeds. Data: results/salience.nc (surround_*)."
+            + _control_note(ds))
 
 
 def _caption_gallery(datasets: Datasets, manifest: dict) -> str:
