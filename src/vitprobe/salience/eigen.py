@@ -180,8 +180,8 @@ def search_patches(
     dict
         ``images`` (n_images, H, W, 3) float32: the final stimuli; ``where`` (n_pairs,
         5) int: image index, query (row, col), key (row, col); ``cosine`` (n_pairs, 2)
-        float: signed cosine of query and key tokens with their targets after the last
-        step (from the search's own forward); ``patches`` (n_pairs, 2, p, p, 3).
+        float: signed cosine of the query and key tokens' change from the context's
+        tokens with their targets, in the final images; ``patches`` (n_pairs, 2, p, p, 3).
     """
     p = model.patch_size
     slots = _slots(model.grid)
@@ -228,9 +228,13 @@ def search_patches(
     finally:
         for q in params:
             q.requires_grad_(True)
-    with torch.no_grad():
+    with torch.no_grad():  # the cosines of the final images, not of the last step's
         pixels = patch_pixels()
         images = _paste(base, pixels, spots, p)
+        tokens = normalised_tokens(
+            model, _ln1_tokens(model, normalize(images, model.preprocess), layer), layer)
+        cos = torch.nn.functional.cosine_similarity(tokens[spots[:, 0], token] - ref, targets,
+                                                    dim=-1)
     patches = pixels.numpy().reshape(2, n_pairs, p, p, 3).transpose(1, 0, 2, 3, 4)
     return {"images": images.numpy(), "where": where,
             "cosine": cos.detach().numpy().reshape(2, n_pairs).T, "patches": patches}
