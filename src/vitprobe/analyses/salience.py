@@ -87,7 +87,8 @@ def _caption_gallery(datasets: Datasets, manifest: dict) -> str:
         "M_asym (query b, key a: asym+), and random directions. Titles: cosines reached "
         "(query/key) and the attention from query to key relative to uniform. Bars: the "
         "measured logit minus the query's mean against the weight-level prediction "
-        "x^ M^ y^T. Data: results/salience.nc (eigen_*).")
+        "x^ M^ y^T of the whole normalised tokens and dx^ M^ dy^T of the patches' aligned "
+        "changes alone. Data: results/salience.nc (eigen_*).")
 
 
 class SalienceAnalysis(Analysis):
@@ -227,7 +228,10 @@ def salience_findings(ds: xr.Dataset) -> list[str]:
                 f"query's mean, head average: sym+ {float(adv.sel(pair='sym+')):+.2f}, sym- "
                 f"{float(adv.sel(pair='sym-')):+.2f}, asym+ {float(adv.sel(pair='asym+')):+.2f}"
                 f", asym- {float(adv.sel(pair='asym-')):+.2f}, random "
-                f"{float(adv.sel(pair='random')):+.2f}. The folded form x^ M^ y^T correlates "
+                f"{float(adv.sel(pair='random')):+.2f}; the aligned changes alone predict "
+                + ", ".join(f"{p} {float(opt['eigen_logit_pred_change'].sel(pair=p).mean()):+.2f}"
+                            for p in ("sym+", "sym-", "asym+", "asym-", "random"))
+                + ". The folded form x^ M^ y^T correlates "
                 f"{float(opt['eigen_predicted_corr'].min()):.2f} to "
                 f"{float(opt['eigen_predicted_corr'].max()):.2f} with the per-query-centred "
                 f"logits across heads (real patches: "

@@ -204,9 +204,11 @@ def plot_eigen_gallery(ds: xr.Dataset, eigen_layer: int | None = None,
         pairs = [str(p) for p in sub["pair"].values]
         meas = sub["eigen_logit_adv"].sel(head=h).values
         pred = sub["eigen_logit_pred"].sel(head=h).values
+        change = sub["eigen_logit_pred_change"].sel(head=h).values
         xs = np.arange(len(pairs))
-        ax.bar(xs - 0.2, meas, 0.4, label="logit - query mean", color="tab:blue")
-        ax.bar(xs + 0.2, pred, 0.4, label="x^ M^ y^T", color="tab:orange")
+        ax.bar(xs - 0.27, meas, 0.27, label="logit - query mean", color="tab:blue")
+        ax.bar(xs, pred, 0.27, label="x^ M^ y^T", color="tab:orange")
+        ax.bar(xs + 0.27, change, 0.27, label="dx^ M^ dy^T", color="tab:green")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(xs)
         ax.set_xticklabels(pairs, fontsize=6)

@@ -294,11 +294,16 @@ def _record(model: ProbedViT, images: np.ndarray, layer: int) -> dict[str, torch
 
 
 def _pair_measures(rec: dict[str, torch.Tensor], M: torch.Tensor, scale: float, head: int,
-                   image: int, q: int, k: int) -> dict[str, float]:
-    """Logit, predicted logit, logit advantage and attention x n_keys of query q -> key k."""
+                   image: int, q: int, k: int, ref: torch.Tensor) -> dict[str, float]:
+    """Logit, its predictions, logit advantage and attention x n_keys of query q -> key k.
+
+    ``ref`` (P, d): the tokens the alignment is measured from (context or image mean).
+    """
     x = rec["x"][image]
     s = rec["scores"][image, head, q]
+    dq, dk = x[q] - ref[q], x[k] - ref[k]
     return {"logit": float(s[k]), "logit_pred": float(scale * x[q] @ M @ x[k]),
+            "logit_pred_change": float(scale * dq @ M @ dk),
             "logit_adv": float(s[k] - s.mean()),
             "attention": float(rec["pattern"][image, head, q, k] * s.numel())}
 
@@ -345,7 +350,7 @@ def eigen_dataset(
     context = real_images[0]
     shape = (len(layers), 2, H, len(PAIRS))
     out = {name: np.full(shape, np.nan) for name in
-           ("logit", "logit_pred", "logit_adv", "attention")}
+           ("logit", "logit_pred", "logit_pred_change", "logit_adv", "attention")}
     cosine = np.full((*shape, 2), np.nan)
     share = np.full((len(layers), 2, H), np.nan)
     corr = np.full((len(layers), 2, H), np.nan)
@@ -382,12 +387,13 @@ def eigen_dataset(
                               (PAIRS.index("asym+"), ki, qi, ck, cq)) if name == "asym" else \
                     ((PAIRS.index(name), qi, ki, cq, ck),)
                 for pi, a, b, ca, cb in directions:
-                    for key, v in _pair_measures(rec, M[h], scale, h, img, a, b).items():
+                    for key, v in _pair_measures(rec, M[h], scale, h, img, a, b, ref).items():
                         out[key][li, 0, h, pi] = v
                     cosine[li, 0, h, pi] = (ca, cb)
         # -- real patches: per image the best-aligned patches, pairs within one image
         rec = _record(model, real_images, layer)
-        x = rec["x"] - rec["x"].mean(1, keepdim=True)
+        means = rec["x"].mean(1, keepdim=True).expand_as(rec["x"])
+        x = rec["x"] - means
         for h in range(H):
             share[li, 1, h], corr[li, 1, h] = _predicted_share(rec, M[h], scale, h)
             for j, name in enumerate(_SEARCH):
@@ -408,8 +414,8 @@ def eigen_dataset(
                               (PAIRS.index("asym+"), ki, qi, ck, cq)) if name == "asym" else \
                     ((PAIRS.index(name), qi, ki, cq, ck),)
                 for pi, a, b, ca, cb in directions:
-                    per = [_pair_measures(rec, M[h], scale, h, n, int(a[n]), int(b[n]))
-                           for n in range(len(a))]
+                    per = [_pair_measures(rec, M[h], scale, h, n, int(a[n]), int(b[n]),
+                                          means[n]) for n in range(len(a))]
                     for key in out:
                         out[key][li, 1, h, pi] = float(np.mean([m[key] for m in per]))
                     cosine[li, 1, h, pi] = (ca, cb)
@@ -423,6 +429,9 @@ def eigen_dataset(
             "eigen_logit": (dims, out["logit"], {"long_name": "measured logit scale q.k"}),
             "eigen_logit_pred": (dims, out["logit_pred"], {
                 "long_name": "weight-level prediction scale x^ M^ y^^T (LN folded)"}),
+            "eigen_logit_pred_change": (dims, out["logit_pred_change"], {
+                "long_name": "prediction from the aligned parts alone: scale dx^ M^ dy^^T with "
+                "d the change from the reference tokens the cosine is measured from"}),
             "eigen_logit_adv": (dims, out["logit_adv"], {
                 "long_name": "logit minus the query's mean logit over patch keys"}),
             "eigen_attention": (dims, out["attention"], {
