@@ -153,11 +153,11 @@ def salience_findings(ds: xr.Dataset) -> list[str]:
                                      .values, 1)[0] for layer in range(L)])
         best = int(np.nanargmax(at_max["salience_index"].values))
         diff = float(main["difference"].sel(feature=feature, level=top))
+        less = f"reliably less in layers {_layers(below)}" if below else "in no layer less"
         text = (f"Pop-out, {feature} (difference {diff:g}): the singleton receives reliably "
                 f"more attention from the patch tokens than a distractor (95% CI above 0) in "
-                f"layers {_layers(above)}, reliably less in layers {_layers(below)}; the "
-                f"largest salience index is in layer {best + 1} "
-                f"({_ci(at_max.isel(layer=best), 'salience_index')} log2)")
+                f"layers {_layers(above)}, {less}; the largest salience index is in layer "
+                f"{best + 1} ({_ci(at_max.isel(layer=best), 'salience_index')} log2)")
         if ctrl is not None:
             c = ctrl.sel(feature=feature, jitter=0.0, placement="aligned", source="patches",
                          level=top)["salience_index"]
