@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,6 @@ class SalienceConfig:
     eigen_steps: int = 100
     eigen_images: int = 8
     batch_size: int = 16
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SalienceConfig:
@@ -83,7 +82,7 @@ class SalienceConfig:
         kwargs: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
             value = options.get(f"salience_{name}")
-            if value is not None and name != "extra":
+            if value is not None:
                 kwargs[name] = tuple(value) if isinstance(value, list) else value
         return cls(**kwargs)
 
@@ -388,6 +387,3 @@ def measure_salience(
     return stack_models({name: salience_dataset(m, cfg, progress=progress)
                          for name, m in models.items()})
 
-
-def config_dict(cfg: SalienceConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(cfg).items() if k != "extra"}
