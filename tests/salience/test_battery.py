@@ -135,3 +135,25 @@ def test_search_aligns_tokens_and_leaves_the_rest_of_the_image():
         cos = torch.nn.functional.cosine_similarity(x[i, tok] - x0[tok],
                                                     torch.from_numpy(q[n]), dim=0)
         assert float(cos) == pytest.approx(found["cosine"][n, 0], abs=0.02)
+
+
+def test_command_parses_options():
+    from vitprobe.cli import build_parser
+    from vitprobe.errors import VitprobeError
+    from vitprobe.salience.command import _eigen_layers
+
+    args = build_parser().parse_args(["salience", "--out", "x", "--no-control",
+                                      "--eigen-layers", "1,6"])
+    assert args.no_control and args.func.__name__ == "run_salience"
+    assert _eigen_layers(args.eigen_layers) == (0, 5)
+    assert _eigen_layers("none") == () and _eigen_layers(None) is None
+    with pytest.raises(VitprobeError, match="1-based"):
+        _eigen_layers("first")
+
+
+def test_config_from_context_options():
+    from vitprobe.salience import SalienceConfig
+
+    cfg = SalienceConfig.from_options({"salience_seeds": 8, "salience_jitters": [0.0, 0.5],
+                                       "mi_bins": 16})
+    assert cfg.seeds == 8 and cfg.jitters == (0.0, 0.5) and cfg.levels == 5
