@@ -209,8 +209,8 @@ def salience_findings(ds: xr.Dataset) -> list[str]:
                 f"MLP neurons more than a cross surround in layers {_layers(stronger)} "
                 f"(suppression index iso {float(iso.sel(sublayer='mlp').mean()):+.3f}, cross "
                 f"{float(cross.sel(sublayer='mlp').mean()):+.3f}, mean over layers); the "
-                f"centre attends more to a like surround in layers {_layers(like)} and more to "
-                f"an unlike one in layers {_layers(unlike)} (log2 iso/cross from "
+                f"centre attends reliably more to a like surround in layers {_layers(like)} "
+                f"and to an unlike one in layers {_layers(unlike)} (log2 iso/cross from "
                 f"{float(lu.min()):+.2f} to {float(lu.max()):+.2f}).")
     if "eigen_cosine" in main:
         for layer in main["eigen_layer"].values:
@@ -223,8 +223,10 @@ def salience_findings(ds: xr.Dataset) -> list[str]:
             out.append(
                 f"Eigen-stimuli, layer {int(layer) + 1}: the optimised patches reach cosines "
                 f"{float(cos.min()):.2f} to {float(cos.max()):.2f} (median "
-                f"{float(cos.median()):.2f}) with their modes; every target of heads "
-                f"{', '.join(map(str, reached)) or 'none'} reaches 0.9. Logit over the "
+                f"{float(cos.median()):.2f}) with their modes; "
+                + (f"every target of heads {', '.join(map(str, reached))} reaches 0.9"
+                   if reached else "no head has all its targets at 0.9 or more")
+                + ". Logit over the "
                 f"query's mean, head average: sym+ {float(adv.sel(pair='sym+')):+.2f}, sym- "
                 f"{float(adv.sel(pair='sym-')):+.2f}, asym+ {float(adv.sel(pair='asym+')):+.2f}"
                 f", asym- {float(adv.sel(pair='asym-')):+.2f}, random "
