@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "vitprobe.models.command",  # info, download
     "vitprobe.weights.command",  # qk
     "vitprobe.attention.command",  # angles
+    "vitprobe.salience.command",  # salience
 )
 
 

@@ -25,6 +25,7 @@ REGISTRY: dict[str, str] = {
     "mi": "vitprobe.analyses.mi",
     "angles": "vitprobe.analyses.angles",
     "qk": "vitprobe.analyses.qk",
+    "salience": "vitprobe.analyses.salience",
 }
 
 

@@ -1,4 +1,4 @@
-"""Generated stimuli: sinusoidal gratings, white and 1/f noise, odd-one-out arrays.
+"""Generated stimuli: sinusoidal gratings, white and 1/f noise, odd-one-out and search arrays.
 
 All generators return float32 arrays of shape (H, W, 3) with values in [0, 1]
 (RGB, linear in the 8-bit scale: 0.5 is grey 127.5). They are made directly at the
@@ -20,13 +20,24 @@ Conventions:
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vitprobe.errors import ImageSourceError
 
-__all__ = ["grating", "odd_one_out", "pink_noise", "power_law_noise", "white_noise"]
+__all__ = [
+    "ElementArray",
+    "element_array",
+    "grating",
+    "grating_disc",
+    "odd_one_out",
+    "pink_noise",
+    "power_law_noise",
+    "white_noise",
+]
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -259,3 +270,174 @@ def _element(feature: str, cell_px: int, value: float, cycles: float) -> np.ndar
     inside = np.hypot(u, v) <= cell_px / 2.0 - margin
     tile[inside] = _to_rgb(wave)[inside]
     return tile
+
+
+#: grey of the background and of an achromatic grating's mean (0.5 in [0, 1] units)
+GREY = 0.5
+
+
+def grating_disc(
+    cell_px: int,
+    *,
+    orientation: float = 0.0,
+    hue: float | None = None,
+    contrast: float = 1.0,
+    diameter: float = 1.0,
+    cycles: float = 3.0,
+    phase: float = 0.0,
+) -> np.ndarray:
+    """One search-array element: a sinusoidal grating in a circular aperture on grey.
+
+    The pixel value inside the aperture is ``colour * (0.5 + 0.5 * contrast * cos(...))``
+    with ``colour = (1, 1, 1)`` (achromatic: the disc's mean equals the grey
+    background, so only the grating makes it visible) or the fully saturated colour of
+    ``hue`` (so every pixel of the disc has exactly that hue). The grating's period is
+    ``cell_px / cycles`` whatever the diameter, so size changes leave spatial frequency
+    alone. The aperture's largest diameter is ``cell_px - 2 * margin`` with
+    ``margin = max(1, cell_px // 8)``: elements in neighbouring cells never touch.
+
+    Parameters
+    ----------
+    cell_px : int
+        Side of the square tile, pixels.
+    orientation : float
+        Bar orientation, degrees counter-clockwise from horizontal (module docstring).
+    hue : float or None
+        Hue in degrees (0 red, 120 green, 240 blue) or None for an achromatic grating.
+    contrast : float
+        Michelson contrast of the grating, in [0, 1].
+    diameter : float
+        Aperture diameter as a fraction of the largest that fits, in (0, 1].
+    cycles : float
+        Grating cycles across ``cell_px`` pixels.
+    phase : float
+        Phase of the cosine at the tile centre, degrees.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (cell_px, cell_px, 3) in [0, 1].
+    """
+    if not 0.0 < diameter <= 1.0:
+        raise ValueError(f"diameter must be in (0, 1], got {diameter}")
+    if not 0.0 <= contrast <= 1.0:
+        raise ValueError(f"contrast must be in [0, 1], got {contrast}")
+    margin = max(1, cell_px // 8)
+    tile = np.full((cell_px, cell_px, 3), GREY, dtype=np.float32)
+    u, v = _screen_coords(cell_px, cell_px)
+    # pixel centres, so the aperture and the bars are symmetric about the tile centre
+    u, v = u + 0.5, v - 0.5
+    wave = 0.5 + 0.5 * contrast * _wave(u, v, orientation, cell_px / cycles, phase)
+    inside = np.hypot(u, v) <= diameter * (cell_px / 2.0 - margin)
+    colour = np.ones(3) if hue is None else np.asarray(hue_to_rgb(hue))
+    tile[inside] = (wave[inside, None] * colour[None, :]).astype(np.float32)
+    return tile
+
+
+@dataclass(frozen=True)
+class ElementArray:
+    """A rendered array of elements and which patch tokens each element covers.
+
+    Attributes
+    ----------
+    image : (H, W, 3) float32
+        The stimulus in [0, 1], at the model's input resolution.
+    weights : (n_elements, n_patches) float32
+        ``weights[e, p]``: the fraction of patch ``p``'s area inside element ``e``'s
+        cell (1 for a cell aligned to the grid, 1/4, 1/2 for one straddling borders);
+        patches in row-major order without prefix tokens.
+    cells : (n_elements, 2) int
+        (row, col) of each element's cell, row-major order (element index = row *
+        cell_cols + col).
+    origin : (n_elements, 2) int
+        Pixel (y, x) of each cell's top-left corner.
+    """
+
+    image: np.ndarray
+    weights: np.ndarray
+    cells: np.ndarray
+    origin: np.ndarray
+
+
+def element_array(
+    size: int | tuple[int, int],
+    patch_size: int,
+    elements: Sequence[Mapping[str, Any] | None],
+    *,
+    cell: int = 2,
+    offset: int | tuple[int, int] = 0,
+) -> ElementArray:
+    """Render grating discs (:func:`grating_disc`) in a regular array of cells on grey.
+
+    Cells are ``cell * patch_size`` pixels square and start at pixel ``offset``
+    (y, x): offset 0 aligns every cell with whole patches; ``patch_size // 2`` makes
+    every cell straddle patch borders. The array holds as many whole cells as fit.
+
+    Parameters
+    ----------
+    size : int or (int, int)
+        Image pixels (the model's input size).
+    patch_size : int
+        The model's patch side, pixels.
+    elements : sequence of mappings or None
+        Keyword arguments of :func:`grating_disc` per cell, row-major (``None``: an
+        empty grey cell); its length must equal the number of cells
+        (:func:`array_grid`).
+    cell : int
+        Cell side in patches.
+    offset : int or (int, int)
+        Pixel offset (y, x) of the first cell.
+
+    Returns
+    -------
+    ElementArray
+    """
+    height, width = _hw(size)
+    oy, ox = (offset, offset) if isinstance(offset, int) else offset
+    rows, cols = array_grid(size, patch_size, cell=cell, offset=(oy, ox))
+    if len(elements) != rows * cols:
+        raise ValueError(f"{len(elements)} elements for a {rows}x{cols} array of cells")
+    cell_px = cell * patch_size
+    image = np.full((height, width, 3), GREY, dtype=np.float32)
+    cells = np.array([(r, c) for r in range(rows) for c in range(cols)], dtype=np.int64)
+    origin = np.stack([oy + cells[:, 0] * cell_px, ox + cells[:, 1] * cell_px], axis=1)
+    for (y, x), params in zip(origin, elements, strict=True):
+        if params is not None:
+            image[y : y + cell_px, x : x + cell_px] = grating_disc(cell_px, **params)
+    weights = _cell_patch_weights((height, width), patch_size, origin, cell_px)
+    return ElementArray(image, weights, cells, origin)
+
+
+def array_grid(
+    size: int | tuple[int, int], patch_size: int, *, cell: int = 2,
+    offset: int | tuple[int, int] = 0,
+) -> tuple[int, int]:
+    """(rows, cols) of the cells :func:`element_array` fits into the image."""
+    height, width = _hw(size)
+    oy, ox = (offset, offset) if isinstance(offset, int) else offset
+    cell_px = cell * patch_size
+    rows, cols = (height - oy) // cell_px, (width - ox) // cell_px
+    if min(rows, cols) < 2:
+        raise ImageSourceError(
+            f"element array: {height}x{width} px at offset {(oy, ox)} holds fewer than "
+            f"2x2 cells of {cell_px} px"
+        )
+    return rows, cols
+
+
+def _cell_patch_weights(
+    size: tuple[int, int], patch_size: int, origin: np.ndarray, cell_px: int
+) -> np.ndarray:
+    """(n_cells, n_patches): fraction of each patch's area inside each cell (exact)."""
+    height, width = size
+    prow, pcol = height // patch_size, width // patch_size
+    edges_y = np.arange(prow) * patch_size
+    edges_x = np.arange(pcol) * patch_size
+
+    def overlap(start: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        lo = np.maximum(start[:, None], edges[None, :])
+        hi = np.minimum(start[:, None] + cell_px, edges[None, :] + patch_size)
+        return np.clip(hi - lo, 0, None) / patch_size
+
+    wy, wx = overlap(origin[:, 0], edges_y), overlap(origin[:, 1], edges_x)
+    return (wy[:, :, None] * wx[:, None, :]).reshape(len(origin), -1).astype(np.float32)

@@ -1,0 +1,234 @@
+"""Per-stimulus measurements of the salience battery: one recorded forward per batch.
+
+Pop-out and conjunction arrays (:func:`measure_arrays`), per layer l and head h, with
+``A`` the attention pattern (query, key) and ``w_e`` the patch-area weights of element
+e normalised to sum 1:
+
+* attention element e receives from the patch tokens outside it,
+  ``r_e = mean_{i outside e} sum_p A[i, p] w_e[p]`` (the area-weighted mean over e's
+  tokens, so elements of different token counts compare), and from the class token,
+  ``c_e = sum_p A[cls, p] w_e[p]``;
+* ``log2_ratio = log2(r_s / mean_{d != s} r_d)`` for the singleton s against the
+  distractors d (0: no preference; positive: the singleton stands out), and the
+  ``percentile`` of r_s among the distractors' r_d (ties count one half; 0.5 at chance);
+  both also for the attention averaged over heads (the layer's view, ``heads`` suffix);
+* embedding angles between ``ln1`` patch tokens, averaged over token pairs with the
+  same weights: singleton-distractor ``angle_singleton = mean_d theta(s, d)`` against
+  distractor-distractor ``angle_distractors = mean_{d != d'} theta(d, d')``, in degrees.
+
+Centre-surround stimuli (:func:`measure_surround`): the response of every channel of
+``attn.out`` and ``mlp.out`` at the centre element (area-weighted mean over its tokens)
+and the attention mass the centre's tokens give to the surround cells (summed over the
+surround's tokens, averaged over the centre's tokens), per head.
+
+All reductions run in float64 on patterns that the recorder recomputes in float32 from
+the q and k the model used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from vitprobe.data.transforms import normalize
+from vitprobe.models import ProbedViT
+from vitprobe.salience.stimuli import StimulusBatch
+
+__all__ = ["attention_maps", "measure_arrays", "measure_surround", "pixels_of"]
+
+Progress = Callable[[str], None] | None
+
+
+def pixels_of(model: ProbedViT, images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) float images in [0, 1] -> normalised (N, 3, H, W) model input."""
+    return normalize(images, model.preprocess).to(model.device)
+
+
+def _batches(stim: StimulusBatch, batch_size: int) -> Iterator[slice]:
+    for start in range(0, len(stim), batch_size):
+        yield slice(start, min(start + batch_size, len(stim)))
+
+
+def _cls_index(model: ProbedViT) -> int | None:
+    prefix = tuple(model.prefix_tokens)
+    return prefix.index("cls") if "cls" in prefix else None
+
+
+def _normalised(weights: torch.Tensor) -> torch.Tensor:
+    total = weights.sum(-1, keepdim=True)
+    return weights / total.clamp_min(1e-12)
+
+
+def _against_distractors(recv: torch.Tensor, target: torch.Tensor,
+                         valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log2(r_s / mean r_d) and the percentile of r_s among r_d.
+
+    recv (B, ..., E); target (B,); valid (B, E) bool. Returns two (B, ...) tensors.
+    """
+    b = torch.arange(recv.shape[0])
+    shape = (recv.shape[0],) + (1,) * (recv.ndim - 2) + (recv.shape[-1],)
+    others = valid.clone()
+    others[b, target] = False
+    others = others.reshape(shape).to(recv.dtype)
+    n_other = others.sum(-1)
+    r_s = _take_last(recv, target)
+    mean_d = (recv * others).sum(-1) / n_other
+    below = (recv < r_s[..., None]).to(recv.dtype) + 0.5 * (recv == r_s[..., None]).to(recv.dtype)
+    percentile = (below * others).sum(-1) / n_other
+    return torch.log2(r_s / mean_d), percentile
+
+
+def _take_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, ..., E), index (B,) -> x[b, ..., index[b]] (B, ...)."""
+    idx = index.reshape((-1,) + (1,) * (x.ndim - 1)).expand(*x.shape[:-1], 1)
+    return torch.gather(x, -1, idx).squeeze(-1)
+
+
+def measure_arrays(
+    model: ProbedViT,
+    stim: StimulusBatch,
+    *,
+    batch_size: int = 16,
+    progress: Progress = None,
+) -> dict[str, np.ndarray]:
+    """Singleton-against-distractor attention and angles for every stimulus.
+
+    Parameters
+    ----------
+    model : ProbedViT
+    stim : StimulusBatch
+        Arrays whose ``target`` is the singleton (or the designated element of a null).
+    batch_size : int
+        Stimuli per forward.
+    progress : callable, optional
+        Called with a line of text after each batch.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``log2_ratio``, ``percentile`` (N, layer, head, source) with source 0 the
+        patch tokens and 1 the class token (NaN without one); ``log2_ratio_heads``,
+        ``percentile_heads`` (N, layer, source) for the head-averaged attention;
+        ``angle_singleton``, ``angle_distractors`` (N, layer) in degrees.
+    """
+    L, H, pre = model.n_layers, model.n_heads, model.arch.n_prefix
+    cls = _cls_index(model)
+    N = len(stim)
+    out = {
+        "log2_ratio": np.full((N, L, H, 2), np.nan),
+        "percentile": np.full((N, L, H, 2), np.nan),
+        "log2_ratio_heads": np.full((N, L, 2), np.nan),
+        "percentile_heads": np.full((N, L, 2), np.nan),
+        "angle_singleton": np.full((N, L), np.nan),
+        "angle_distractors": np.full((N, L), np.nan),
+    }
+    sites = [f"blocks.{layer}.{kind}" for layer in range(L) for kind in ("ln1", "attn.pattern")]
+    chunks = list(_batches(stim, batch_size))
+    pixel_batches = (pixels_of(model, stim.images[sl]) for sl in chunks)
+    for sl, (_, cache) in zip(chunks, model.stream(pixel_batches, sites), strict=True):
+        W = torch.from_numpy(stim.weights[sl]).double()  # (B, E, P)
+        target = torch.from_numpy(stim.target[sl])
+        valid = W.sum(-1) > 0
+        Wn = _normalised(W)
+        outside = (W == 0).double()
+        n_out = outside.sum(-1)  # (B, E)
+        for layer in range(L):
+            A = cache[f"blocks.{layer}.attn.pattern"].double()
+            app = A[:, :, pre:, pre:]
+            X = app @ Wn.mT[:, None]  # (B, H, P, E): query i to element e
+            recv = torch.einsum("bhie,bei->bhe", X, outside) / n_out[:, None]
+            sources = [recv]
+            if cls is not None:
+                sources.append(torch.einsum("bhp,bep->bhe", A[:, :, cls, pre:], Wn))
+            for s, r in enumerate(sources):
+                ratio, pct = _against_distractors(r, target, valid)
+                out["log2_ratio"][sl, layer, :, s] = ratio.numpy()
+                out["percentile"][sl, layer, :, s] = pct.numpy()
+                ratio, pct = _against_distractors(r.mean(1), target, valid)
+                out["log2_ratio_heads"][sl, layer, s] = ratio.numpy()
+                out["percentile_heads"][sl, layer, s] = pct.numpy()
+            x = cache[f"blocks.{layer}.ln1"][:, pre:].double()
+            u = x / x.norm(dim=-1, keepdim=True)
+            theta = torch.rad2deg(torch.arccos((u @ u.mT).clamp(-1.0, 1.0)))  # (B, P, P)
+            el = Wn @ theta @ Wn.mT  # (B, E, E): mean angle between elements' tokens
+            s_row = el[torch.arange(len(target)), target]  # (B, E)
+            others = valid.clone()
+            others[torch.arange(len(target)), target] = False
+            o = others.double()
+            out["angle_singleton"][sl, layer] = ((s_row * o).sum(-1) / o.sum(-1)).numpy()
+            pair = o[:, :, None] * o[:, None, :]
+            pair = pair * (1 - torch.eye(pair.shape[-1], dtype=pair.dtype))
+            out["angle_distractors"][sl, layer] = ((el * pair).sum((-2, -1))
+                                                   / pair.sum((-2, -1))).numpy()
+        del cache
+        if progress is not None:
+            progress(f"salience arrays: {sl.stop}/{N} stimuli")
+    return out
+
+
+def measure_surround(
+    model: ProbedViT,
+    stim: StimulusBatch,
+    surround: np.ndarray,
+    *,
+    batch_size: int = 16,
+    progress: Progress = None,
+) -> dict[str, np.ndarray]:
+    """Centre responses and centre-to-surround attention for every stimulus.
+
+    Parameters
+    ----------
+    model : ProbedViT
+    stim : StimulusBatch
+        Centre-surround stimuli; ``target`` is the centre element.
+    surround : (N, E) bool
+        The surround cells of each stimulus (grey ones included, for the ``none`` case).
+    batch_size : int
+    progress : callable, optional
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``response`` (N, layer, sublayer, d_model) with sublayers ``attn.out``,
+        ``mlp.out``; ``attention`` (N, layer, head): attention mass from the centre's
+        tokens to the surround's.
+    """
+    L, H, D, pre = model.n_layers, model.n_heads, model.d_model, model.arch.n_prefix
+    N = len(stim)
+    out = {"response": np.full((N, L, 2, D), np.nan), "attention": np.full((N, L, H), np.nan)}
+    sites = [f"blocks.{layer}.{kind}" for layer in range(L)
+             for kind in ("attn.pattern", "attn.out", "mlp.out")]
+    chunks = list(_batches(stim, batch_size))
+    pixel_batches = (pixels_of(model, stim.images[sl]) for sl in chunks)
+    for sl, (_, cache) in zip(chunks, model.stream(pixel_batches, sites), strict=True):
+        W = torch.from_numpy(stim.weights[sl]).double()
+        b = torch.arange(W.shape[0])
+        centre = _normalised(W)[b, torch.from_numpy(stim.target[sl])]  # (B, P)
+        mask = torch.from_numpy(surround[sl]).double()  # (B, E)
+        region = (mask[:, :, None] * W).sum(1).clamp(max=1.0)  # (B, P) surround tokens
+        for layer in range(L):
+            for s, kind in enumerate(("attn.out", "mlp.out")):
+                x = cache[f"blocks.{layer}.{kind}"][:, pre:].double()
+                out["response"][sl, layer, s] = torch.einsum("bp,bpd->bd", centre, x).numpy()
+            A = cache[f"blocks.{layer}.attn.pattern"][:, :, pre:, pre:].double()
+            mass = torch.einsum("bhij,bj->bhi", A, region)
+            out["attention"][sl, layer] = torch.einsum("bhi,bi->bh", mass, centre).numpy()
+        del cache
+        if progress is not None:
+            progress(f"salience centre-surround: {sl.stop}/{N} stimuli")
+    return out
+
+
+def attention_maps(model: ProbedViT, images: np.ndarray) -> np.ndarray:
+    """Attention each patch receives, per layer: (N, layer, rows, cols).
+
+    The attention pattern averaged over heads and over the patch-token queries (each
+    query's row sums to 1 over all tokens, so a uniform map is 1 / n_tokens).
+    """
+    L, pre = model.n_layers, model.arch.n_prefix
+    sites = [f"blocks.{layer}.attn.pattern" for layer in range(L)]
+    _, cache = model.run_with_cache(pixels_of(model, images), sites)
+    maps = [cache[s][:, :, pre:, pre:].double().mean((1, 2)) for s in sites]
+    return torch.stack(maps, 1).reshape(len(images), L, *model.grid).numpy()

@@ -1,0 +1,159 @@
+"""The battery end to end on a tiny ViT: schema, intervals, the plug-in, figures, findings;
+and the eigen-stimulus targets and search."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from tests.models import zoo
+from vitprobe.analyses import Context, get_analysis
+from vitprobe.salience import measure_salience
+from vitprobe.salience.eigen import eigen_targets, normalised_tokens, search_patches
+from vitprobe.schema import MODEL_DIM, RANDOM_INIT, TRAINED
+
+SMALL = {"salience_seeds": 3, "salience_levels": 3, "salience_cell": 1,
+         "salience_surround_distances": [1], "salience_eigen_steps": 10,
+         "salience_eigen_images": 2}
+
+
+@pytest.fixture(scope="module")
+def result():
+    torch.set_num_threads(1)
+    models = {TRAINED: zoo.make("timm-vit"), RANDOM_INIT: zoo.make("timm-vit", seed=1)}
+    analysis = get_analysis("salience")
+    lines: list[str] = []
+    datasets = analysis.run(models, Context(n_images=0, options=SMALL), lines.append)
+    return analysis, datasets, lines
+
+
+@pytest.mark.slow
+def test_plugin_returns_one_stacked_file(result):
+    analysis, datasets, lines = result
+    assert analysis.files == ("salience",) and not analysis.needs_images
+    ds = datasets["salience"]
+    assert [str(v) for v in ds[MODEL_DIM].values] == [TRAINED, RANDOM_INIT]
+    assert ds.sizes["seed"] == 3 and ds.sizes["level"] == 3 and ds.sizes["layer"] == 2
+    assert any("salience" in line for line in lines)
+    # intervals bracket the means; seeds are the resampled axis
+    for name in ("salience_index", "suppression_index", "like_unlike_index"):
+        assert (ds[f"{name}_lower"] <= ds[name]).all() and (ds[name] <= ds[f"{name}_upper"]).all()
+    mean = ds["popout_log2_ratio_heads"].mean("seed")
+    np.testing.assert_allclose(ds["salience_index"], mean)
+    assert np.isfinite(ds["salience_index"]).all()
+    assert np.isfinite(ds["eigen_cosine"]).all()
+
+
+@pytest.mark.slow
+def test_null_level_is_near_zero_and_the_control_differs(result):
+    ds = result[1]["salience"]
+    # identical elements: no preference beyond what the positions make (jittered nulls
+    # compare the unjittered element with heterogeneous ones, so only jitter 0 here)
+    null = ds["salience_index"].sel(level=0.0, jitter=0.0, source="patches")
+    assert float(abs(null).max()) < 0.2, null.values
+    assert not np.allclose(ds["salience_index"].sel(model=TRAINED),
+                           ds["salience_index"].sel(model=RANDOM_INIT))
+
+
+@pytest.mark.slow
+def test_figures_and_findings_come_from_the_file(result, tmp_path):
+    matplotlib.use("Agg")
+    analysis, datasets, _ = result
+    from vitprobe.netcdf import load_dataset, save_dataset
+
+    path = save_dataset(datasets["salience"], tmp_path / "salience.nc")
+    loaded = {"salience": load_dataset(path)}
+    for spec in analysis.figures:
+        assert spec.available(loaded)
+        fig = spec.draw(loaded)
+        assert fig.axes
+        assert "results/salience.nc" in spec.caption(loaded, {})
+    sentences = analysis.findings(loaded)
+    assert len(sentences) >= 8
+    assert any(s.startswith("Pop-out, orientation") for s in sentences)
+    assert any("Eigen-stimuli, layer 1" in s for s in sentences)
+
+
+@pytest.mark.slow
+def test_measure_salience_python_call():
+    torch.set_num_threads(1)
+    ds = measure_salience(zoo.make("timm-vit"), seeds=2, levels=2, cell=1, features=("colour",),
+                          placements=("aligned",), jitters=(0.0,), surround_distances=(1,),
+                          eigen_layers=())
+    assert ds.sizes[MODEL_DIM] == 1 and "eigen_cosine" not in ds
+    assert list(ds["feature"].values) == ["colour"]
+
+
+def test_eigen_targets_are_modes_of_the_folded_form():
+    model = zoo.make("timm-vit")
+    t = eigen_targets(model, 1)
+    M = t["M"]  # (H, d, d)
+    S = 0.5 * (M + M.transpose(0, 2, 1))
+    X = 0.5 * (M - M.transpose(0, 2, 1))
+    for h in range(model.n_heads):
+        plus, minus, a = t["query"][h, 0], t["query"][h, 1], t["query"][h, 2]
+        np.testing.assert_allclose(S[h] @ plus, t["values"][h, 0] * plus, atol=1e-8)
+        np.testing.assert_allclose(S[h] @ minus, t["values"][h, 1] * minus, atol=1e-8)
+        b = t["key"][h, 2]
+        np.testing.assert_allclose(X[h] @ a, t["values"][h, 2] * b, atol=1e-8)
+        assert t["values"][h, 0] == pytest.approx(np.linalg.eigvalsh(S[h]).max())
+    g = model.ln1_weight[1].double().numpy()
+    np.testing.assert_allclose(M[0], (g[:, None] * model.W_Q[1, 0].double().numpy())
+                               @ (g[:, None] * model.W_K[1, 0].double().numpy()).T, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_search_aligns_tokens_and_leaves_the_rest_of_the_image():
+    torch.set_num_threads(1)
+    model = zoo.make("timm-vit")
+    t = eigen_targets(model, 1)
+    context = np.full((*model.preprocess.input_size, 3), 0.5, np.float32)
+    q, k = t["query"][:, 0], t["key"][:, 0]
+    before = search_patches(model, 1, q, k, context, steps=0)["cosine"]
+    found = search_patches(model, 1, q, k, context, steps=40)
+    assert found["cosine"].min() > 0.75 and found["cosine"].mean() > before.mean() + 0.3
+    images, where, p = found["images"], found["where"], model.patch_size
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    changed = np.abs(images - 0.5).max(-1) > 0
+    mask = np.zeros_like(changed)
+    for i, r1, c1, r2, c2 in where:
+        mask[i, r1 * p:(r1 + 1) * p, c1 * p:(c1 + 1) * p] = True
+        mask[i, r2 * p:(r2 + 1) * p, c2 * p:(c2 + 1) * p] = True
+    assert not (changed & ~mask).any()
+    # the reported cosine is that of the final images' tokens (recomputed independently)
+    from vitprobe.data.transforms import normalize
+
+    _, cache = model.run_with_cache(normalize(images, model.preprocess), "blocks.1.ln1")
+    _, ref = model.run_with_cache(normalize(context[None], model.preprocess), "blocks.1.ln1")
+    x = normalised_tokens(model, cache["blocks.1.ln1"].double(), 1)
+    x0 = normalised_tokens(model, ref["blocks.1.ln1"].double(), 1)[0]
+    pre, cols = model.arch.n_prefix, model.grid[1]
+    for n, (i, r1, c1, _, _) in enumerate(where):
+        tok = pre + r1 * cols + c1
+        cos = torch.nn.functional.cosine_similarity(x[i, tok] - x0[tok],
+                                                    torch.from_numpy(q[n]), dim=0)
+        assert float(cos) == pytest.approx(found["cosine"][n, 0], abs=0.02)
+
+
+def test_command_parses_options():
+    from vitprobe.cli import build_parser
+    from vitprobe.errors import VitprobeError
+    from vitprobe.salience.command import _eigen_layers
+
+    args = build_parser().parse_args(["salience", "--out", "x", "--no-control",
+                                      "--eigen-layers", "1,6"])
+    assert args.no_control and args.func.__name__ == "run_salience"
+    assert _eigen_layers(args.eigen_layers) == (0, 5)
+    assert _eigen_layers("none") == () and _eigen_layers(None) is None
+    with pytest.raises(VitprobeError, match="1-based"):
+        _eigen_layers("first")
+
+
+def test_config_from_context_options():
+    from vitprobe.salience import SalienceConfig
+
+    cfg = SalienceConfig.from_options({"salience_seeds": 8, "salience_jitters": [0.0, 0.5],
+                                       "mi_bins": 16})
+    assert cfg.seeds == 8 and cfg.jitters == (0.0, 0.5) and cfg.levels == 5
