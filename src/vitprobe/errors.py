@@ -15,3 +15,7 @@ class ImageSourceError(VitprobeError, ValueError):
 
 class ResultsError(VitprobeError, ValueError):
     """A results folder or file is missing, incomplete or from an incompatible run."""
+
+
+class IncomparableRunsError(VitprobeError, ValueError):
+    """Runs given to ``vitprobe compare`` cannot be compared (different analyses or images)."""
