@@ -473,7 +473,8 @@ def plot_mi_comparison(comparison: Comparison) -> Figure:
     coloured by relative depth, shared y axis; grey band: the model's shuffled-pair null."""
     entries = [e for e in comparison.entries if "mi" in e.datasets]
     subs = [s for s in ("attn", "mlp") if s in entries[0].datasets["mi"]["sublayer"].values]
-    fig = Figure(figsize=(3.9 * len(subs) + 1.6, 2.5 * len(entries) + 0.8))
+    fig = Figure(figsize=(3.9 * len(subs) + 1.6, 2.4 * len(entries) + 0.8),
+                 layout="constrained")
     axes = fig.subplots(len(entries), len(subs), squeeze=False, sharey=True)
     cmap = matplotlib.colormaps["viridis"]
     for i, e in enumerate(entries):
@@ -499,7 +500,7 @@ def plot_mi_comparison(comparison: Comparison) -> Figure:
             if j == 0:
                 ax.set_ylabel("MI (nats)", fontsize=8)
     sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, 1))
-    cbar = fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    cbar = fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.04, aspect=40)
     cbar.set_label("relative depth (layer + 0.5) / L", fontsize=8)
     fig.suptitle("MI with the central neuron against distance, one row per model "
                  "(grey band: shuffled-pair null)", fontsize=9)
@@ -759,8 +760,9 @@ def write_comparison(comparison: Comparison, out: str | Path, *, pdf: bool = Tru
                      f"<figcaption>{caption} Figure: <code>{FIGURES_DIR}/{slug}.png</code>"
                      "</figcaption></figure>")
     parts.append("<h2>Per-layer numbers</h2><p class='meta'>Layers 1-based; relative depth "
-                 f"(layer + 0.5) / L. Quartile columns are in the CSV. {_csv_link(layers_csv, LAYERS_CSV)}"
-                 f"; MI curves: {_csv_link(mi_csv, MI_CSV)}.</p>")
+                 "(layer + 0.5) / L. Quartile columns are in the CSV: "
+                 f"{_csv_link(layers_csv, LAYERS_CSV)}; MI curves: "
+                 f"{_csv_link(mi_csv, MI_CSV)}.</p>")
     parts.append(_table_html(table))
     if explorer:
         from vitprobe.report.explorer import explorer_html_models, models_from_entries
@@ -780,7 +782,7 @@ COMPARE_STYLE = """
 .tablewrap { max-height: 460px; overflow: auto; border: 1px solid #ddd; }
 table.layers { border-collapse: collapse; font-size: 0.8em; }
 table.layers th { position: sticky; top: 0; background: #f2f2f2; padding: 3px 6px; }
-table.layers td { padding: 2px 6px; border-top: 1px solid #eee; }
+table.layers td { padding: 2px 6px; border-top: 1px solid #eee; white-space: nowrap; }
 table.layers td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.meta th { text-align: left; padding-right: 12px; }
 @media print { .tablewrap { max-height: none; overflow: visible; } }

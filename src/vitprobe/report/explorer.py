@@ -73,7 +73,7 @@ def neuron_mi_curves(mi: xr.Dataset) -> xr.DataArray:
     values = mi["mi"].values.astype(np.float64)  # (L, S, C, P)
     bins = mi["position_distance_bin"].values
     distances = mi["distance"].values
-    out = np.full(values.shape[:3] + (distances.size,), np.nan)
+    out = np.full((*values.shape[:3], distances.size), np.nan)
     for k, d in enumerate(distances):
         at = bins == d
         if not at.any():
@@ -192,8 +192,8 @@ def _bowties(mi: xr.Dataset, ref: xr.Dataset) -> dict[str, Any]:
                                     position=positions).values  # (L, S, K, D, B, B)
     lengths = (kept.shape[0], kept.shape[1], kept.shape[2])
     b = mi.sizes["bin_x"]
-    x_edges = np.full(lengths + (b + 1,), np.nan, np.float32)
-    y_edges = np.full(lengths + (len(positions), b + 1), np.nan, np.float32)
+    x_edges = np.full((*lengths, b + 1), np.nan, np.float32)
+    y_edges = np.full((*lengths, len(positions), b + 1), np.nan, np.float32)
     channel_index = {int(c): i for i, c in enumerate(mi["channel"].values)}
     edges = mi["edges"].sel(layer=layers, sublayer=subs).values  # (L, S, C, P, B-1)
     lo = mi["calibration_min"].sel(layer=layers, sublayer=subs).values
