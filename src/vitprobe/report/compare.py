@@ -281,15 +281,16 @@ def compare_runs(runs: Sequence[str | Path | Run], *, labels: Sequence[str] | No
         notes.append(f"Different image sets (compared on request): {described}.")
     entries: list[ModelEntry] = []
     for index, (name, run) in enumerate(zip(names, loaded, strict=True)):
-        variants = run.variants
-        for k, variant in enumerate(variants if controls else variants[:1]):
-            # the main model is the first entry of every file; a control is taken by name
-            # from the files that hold it
-            sliced = {a: (run.datasets[a].isel({MODEL_DIM: 0}) if k == 0 else
-                          run.datasets[a].sel({MODEL_DIM: variant}))
-                      for a in wanted if k == 0 or variant in run.datasets[a][MODEL_DIM]}
-            label = name if k == 0 else f"{name} ({variant})"
-            entries.append(ModelEntry(label, run, variant, index, sliced))
+        main = run.variants[0]
+        # a control counts where every compared file holds it (qk.nc always carries a
+        # random-init baseline, also in runs without --control)
+        extra = [v for v in run.variants[1:]
+                 if all(v in run.datasets[a][MODEL_DIM].values for a in wanted)]
+        entries.append(ModelEntry(name, run, main, index, {
+            a: run.datasets[a].isel({MODEL_DIM: 0}) for a in wanted}))
+        for variant in extra if controls else []:
+            entries.append(ModelEntry(f"{name} ({variant})", run, variant, index, {
+                a: run.datasets[a].sel({MODEL_DIM: variant}) for a in wanted}))
     depths = {e.run.n_layers for e in entries}
     relative = len(depths) > 1
     if relative:
