@@ -16,10 +16,10 @@ from vitprobe.errors import IncomparableRunsError, ResultsError, VitprobeError
 from vitprobe.report.compare import (
     LAYERS_CSV,
     MI_CSV,
-    compare,
     compare_runs,
     layer_table,
     mi_table,
+    write_comparison,
 )
 
 pytestmark = pytest.mark.slow
@@ -72,8 +72,8 @@ def _check_rows(table: pd.DataFrame, label: str, run, model: int = 0) -> None:
 
 def test_default_run_against_its_random_init_control(trained_run, random_run, tmp_path):
     out = tmp_path / "cmp"
-    report = compare([trained_run, random_run], out, pdf=False)
     cmp = compare_runs([trained_run, random_run])
+    report = write_comparison(cmp, out, pdf=False)
     assert not cmp.relative_depth, "same depth: layers on the layer axis"
     assert [e.label for e in cmp.entries] == ["dinov2", "dinov2-random"]
     table = layer_table(cmp)
@@ -118,7 +118,7 @@ def test_different_depths_on_a_relative_axis(shallow_run, trained_run, tmp_path)
     _check_rows(table, "dinov2-12", trained_run)
     assert cmp.x(cmp.entries[0], np.array([0, 5])).tolist() == [0.5 / 6, 5.5 / 6]
     assert mi_table(cmp)["relative_depth"].max() < 1
-    report = compare([shallow_run, trained_run], tmp_path / "depth", pdf=True, explorer=False)
+    report = write_comparison(cmp, tmp_path / "depth", pdf=True, explorer=False)
     assert "relative depth" in report.read_text()
     assert (tmp_path / "depth" / "figures" / "compare_qk.pdf").exists()
 
@@ -168,7 +168,15 @@ def test_unfinished_or_single_runs_are_refused(trained_run, tmp_path):
         compare_runs([trained_run, tmp_path / "absent"])
 
 
-def test_command_line(trained_run, random_run, tmp_path, capsys):
+def test_command_line(trained_run, random_run, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("compare must not load a model or open images")
+
+    import vitprobe.data
+    import vitprobe.models.registry
+
+    monkeypatch.setattr(vitprobe.models.registry, "load_model", no_model)
+    monkeypatch.setattr(vitprobe.data, "open_images", no_model)
     out = tmp_path / "cli"
     assert main(["compare", str(trained_run), str(random_run), "--out", str(out), "--no-pdf",
                  "--labels", "trained,random", "--no-explorer"]) == 0

@@ -84,6 +84,10 @@ def test_default_run_report_in_chromium(browser, trained_run, tmp_path):
 
     _open(browser, trained_run / "report.html")
     assert _errors(browser) == []
+    # offline: the page fetched nothing beyond itself (its images are data: URIs)
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(u.startswith(("data:", "file:")) for u in fetched), fetched
     neuron = _canvases(browser, "ex-mi", "ex-hist")
     head = _canvases(browser, "ex-spectra", "ex-angles")
     measures = browser.find_element("id", "ex-measures").text
