@@ -249,7 +249,7 @@
     ctx.fillStyle = "#333"; ctx.textAlign = "center";
     // a few inner bin edges as ticks, spaced so that their labels do not collide
     ctx.font = "10px sans-serif";
-    const every = Math.max(1, Math.ceil(nx / 3));
+    const every = nx <= 4 ? 1 : Math.ceil(nx / 3);
     for (let i = every; i < nx; i += every) {
       ctx.fillText(short(opts.xt[i]), m.l + i * cw, h - m.b + 12);
     }
