@@ -35,6 +35,7 @@ import base64
 import html
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,12 +343,9 @@ def _differences(names: list[str], runs: list[Run], analyses: Sequence[str]) -> 
 def _median_quartiles(values: xr.DataArray, over: Sequence[str]) -> tuple[np.ndarray, ...]:
     """(median, 25th, 75th percentile) over ``over``, NaNs ignored; shape of the rest."""
     stacked = values.stack(_flat=list(over)).transpose(..., "_flat").values
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            q = np.nanpercentile(stacked, [50, 25, 75], axis=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers give NaN, as meant
+        q = np.nanpercentile(stacked, [50, 25, 75], axis=-1)
     return q[0], q[1], q[2]
 
 
@@ -363,12 +361,9 @@ def _per_layer_columns(entry: ModelEntry) -> dict[str, np.ndarray]:
             if 1 in curve["distance"].values:
                 cols[f"mi_{name}_d1"] = curve.sel(distance=1).values
             far = curve.where(curve["distance"] >= 1)
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    cols[f"mi_{name}_mean_d_ge1"] = np.nanmean(far.values, axis=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                cols[f"mi_{name}_mean_d_ge1"] = np.nanmean(far.values, axis=1)
             if "mi_null_level" in mi:
                 cols[f"mi_{name}_null"] = mi["mi_null_level"].sel(sublayer=sub).values
     if "moments" in d:

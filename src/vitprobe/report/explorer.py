@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -152,12 +153,9 @@ def _neurons(datasets: Mapping[str, xr.Dataset]) -> dict[str, Any] | None:
     if "moments" in datasets:
         k = datasets["moments"]["excess_kurtosis"].sel(layer=ref["layer"],
                                                         sublayer=ref["sublayer"])
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out["kurtosis"] = np.nanmedian(k.values, axis=-1).astype(np.float16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neurons stay NaN
+            out["kurtosis"] = np.nanmedian(k.values, axis=-1).astype(np.float16)
     return out
 
 
