@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = (
     "vitprobe.study.command",  # run
     "vitprobe.report.command",  # report
+    "vitprobe.report.compare_command",  # compare
     "vitprobe.models.command",  # info, download
     "vitprobe.weights.command",  # qk
     "vitprobe.attention.command",  # angles

@@ -120,3 +120,7 @@ class CountOverflowError(VitprobeError, OverflowError):
 class RunFolderError(ResultsError):
     """The results folder cannot be used: a file, read-only, locked by another run, or
     holding files that are not a vitprobe run's."""
+
+
+class IncomparableRunsError(VitprobeError, ValueError):
+    """Runs given to ``vitprobe compare`` cannot be compared (different analyses or images)."""

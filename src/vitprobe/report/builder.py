@@ -287,6 +287,11 @@ def build_report(out: str | os.PathLike, *, pdf: bool = False,
         skipped=[(s["path"], s["reason"]) for s in manifest.get("skipped", [])],
         notes=notes,
     )
+    # -- the interactive explorer (issue 17): keep this call when rewriting the builder --
+    from vitprobe.report.explorer import explorer_html
+
+    page = page.replace("</main></body></html>",
+                        explorer_html(datasets, manifest) + "\n</main></body></html>")
     report = out / REPORT
     with atomic_write(report) as tmp:
         tmp.write_text(page, encoding="utf-8")
