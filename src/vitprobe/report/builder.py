@@ -39,6 +39,7 @@ from vitprobe.analyses import REGISTRY, get_analysis
 from vitprobe.analyses.base import Analysis, FigureSpec, ReportSection
 from vitprobe.cache import atomic_write
 from vitprobe.errors import ResultsError
+from vitprobe.report.explorer import explorer_html
 from vitprobe.report.html import RenderedFigure, render_page
 from vitprobe.runfolder import FIGURES_DIR, REPORT, RESULTS_DIR, read_manifest
 from vitprobe.schema import MODEL_DIM, check_schema
@@ -274,6 +275,7 @@ def build_report(out: str | os.PathLike, *, pdf: bool = False,
         findings = [line for _, analysis in present
                     for line in analysis.findings(files)]  # type: ignore[arg-type]
         notes = _notes(manifest, present, files)
+        explorer = explorer_html(files, manifest)
     if not pdf:  # a PDF left by an earlier --pdf report would no longer match
         for p in planned:
             (fig_dir / f"{p.spec.slug}.pdf").unlink(missing_ok=True)
@@ -286,12 +288,8 @@ def build_report(out: str | os.PathLike, *, pdf: bool = False,
         figures=rendered,
         skipped=[(s["path"], s["reason"]) for s in manifest.get("skipped", [])],
         notes=notes,
+        explorer=explorer,
     )
-    # -- the interactive explorer (issue 17): keep this call when rewriting the builder --
-    from vitprobe.report.explorer import explorer_html
-
-    page = page.replace("</main></body></html>",
-                        explorer_html(datasets, manifest) + "\n</main></body></html>")
     report = out / REPORT
     with atomic_write(report) as tmp:
         tmp.write_text(page, encoding="utf-8")

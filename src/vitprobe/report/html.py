@@ -45,7 +45,7 @@ def _img_tag(path: Path, alt: str) -> str:
 def render_page(*, title: str, meta_rows: Sequence[tuple[str, str]], banner: str | None,
                 findings: Sequence[str], sections: Sequence[tuple[str, str]],
                 figures: Sequence[RenderedFigure], skipped: Sequence[tuple[str, str]],
-                notes: Sequence[str]) -> str:
+                notes: Sequence[str], explorer: str = "") -> str:
     """Assemble the page. ``sections`` is (key, heading) in order; captions may hold HTML."""
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -83,5 +83,7 @@ def render_page(*, title: str, meta_rows: Sequence[tuple[str, str]], banner: str
         if len(skipped) > 200:
             parts.append(f"<li>... {len(skipped) - 200} more in manifest.json</li>")
         parts.append("</ul>")
+    if explorer:  # the interactive explorer (vitprobe.report.explorer), after the figures
+        parts.append(explorer)
     parts.append("</main></body></html>")
     return "\n".join(parts)
