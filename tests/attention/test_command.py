@@ -9,7 +9,7 @@ import pytest
 import transformers as T
 
 from tests.models import zoo
-from vitprobe.attention import load_angles
+from vitprobe.attention import attach_qk, load_angles
 from vitprobe.cli import main
 from vitprobe.plots.angles import (
     plot_angle_distributions,
@@ -36,10 +36,20 @@ def run(dinov2_dir, tmp_path_factory):
     return main(argv), out
 
 
+def _load(out):
+    """The run folder's angles with its query-key measures attached (when qk ran)."""
+    ds = load_angles(out / "results" / "angles.nc")
+    if (out / "results" / "qk.nc").exists():
+        from vitprobe.netcdf import load_dataset
+
+        ds = attach_qk(ds, load_dataset(out / "results" / "qk.nc"))
+    return ds
+
+
 def test_cli_writes_results_table_and_figures(run, capsys):
     rc, out = run
     assert rc == 0
-    ds = load_angles(out / "angles.nc")
+    ds = _load(out)
     assert list(ds["model"].values) == ["trained", "random-init"]
     assert list(ds["variant"].values) == ["raw", "centered"]
     assert ds.sizes["layer"] == 2 and ds.sizes["head"] == 3 and ds.sizes["angle_bin"] == 36
@@ -52,10 +62,10 @@ def test_cli_writes_results_table_and_figures(run, capsys):
         assert ds[name].dims == ("model", "layer") and np.isfinite(ds[name]).all()
     table = (out / "angles_table.txt").read_text()
     assert table.count("layer") >= 4 and "[random-init" in table and "centered" in table
-    for name in ("angle_summary.png", "attention_vs_angle_raw.png",
-                 "angle_distributions_trained_centered.png",
-                 "angle_distributions_random-init_raw.png"):
-        assert (out / name).stat().st_size > 10_000, name
+    for name in ("angle_summary.png", "attention_vs_angle.png", "angle_distributions.png",
+                 "qk_summary.png"):
+        assert (out / "figures" / name).stat().st_size > 10_000, name
+    assert "Embedding angles" in (out / "report.html").read_text()
 
 
 def _panels(fig):
@@ -78,7 +88,7 @@ def _legend(fig) -> list[str]:
 
 def test_figures_rerender_from_the_file(run):
     _, out = run
-    ds = load_angles(out / "angles.nc")
+    ds = _load(out)
     n_layers = ds.sizes["layer"]
     assert n_layers == 2
 
@@ -120,7 +130,7 @@ def test_figures_rerender_from_the_file(run):
 
 def test_summary_without_qk_measures_says_so(run):
     _, out = run
-    ds = load_angles(out / "angles.nc")
+    ds = _load(out)
     ds = ds.drop_vars([v for v in ds.data_vars if v.startswith("qk_")])
     fig = plot_angle_summary(ds)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
@@ -133,11 +143,11 @@ def test_cli_random_init_only_and_errors(tmp_path, dinov2_dir, capsys):
                "stimuli:noise", "--n-images", "2", "--include-prefix", "--no-figures",
                "--no-qk", "--out", str(out)])
     assert rc == 0
-    ds = load_angles(out / "angles.nc")
+    ds = _load(out)
     assert list(ds["model"].values) == ["random-init"]
     assert ds.attrs["include_prefix"] == 1 and ds.attrs["n_selected_tokens"] == 21
     assert not any(v.startswith("qk_") for v in ds.data_vars)
-    assert not list(out.glob("*.png"))
+    assert not list(out.glob("**/*.png")) and not (out / "report.html").exists()
     rc = main(["angles", "--model", f"hf:{dinov2_dir}", "--bins", "45", "--n-images", "1",
                "--images", "stimuli:noise", "--out", str(tmp_path / "e")])
     assert rc == 1 and "even" in capsys.readouterr().err

@@ -90,7 +90,13 @@ def _caption(kind: str) -> Callable[[Datasets, dict], str]:
 
 
 class AnglesAnalysis(Analysis):
-    """Embedding angles against attention (``--analyses angles``)."""
+    """Embedding angles against attention (``--analyses angles``).
+
+    Options (``Context.options``, ``vitprobe angles`` flags): ``angles_embedding``
+    (``ln1``: tokens as attention sees them, or ``resid_pre``), ``angles_include_prefix``
+    (pair the class/register tokens too), ``angles_bins`` (over 0-180 degrees, even),
+    ``angles_precision`` (``float32`` compiled path, or ``float64`` reference).
+    """
 
     name = "angles"
     summary = "angles between token embeddings against the attention they exchange"
@@ -114,7 +120,12 @@ class AnglesAnalysis(Analysis):
         from vitprobe.attention import AngleAccumulator
 
         # the mean token comes from the first calibration images, which are counted too
-        return {"angles": AngleAccumulator.from_model(model, counts_calibration=True)}
+        return {"angles": AngleAccumulator.from_model(
+            model, counts_calibration=True,
+            embedding=context.option("angles_embedding", "ln1"),
+            include_prefix=bool(context.option("angles_include_prefix", False)),
+            bins=int(context.option("angles_bins", 90)),
+            precision=context.option("angles_precision", "float32"))}
 
     def findings(self, datasets: Datasets) -> list[str]:
         """Layers where attention goes to more / less similar patches than all pairs, the
