@@ -22,7 +22,7 @@ from vitprobe.stats._pebay import combine_moments
 #: the accumulators' own Pebay combination, compiled for scalars
 _combine_moments = njit(combine_moments)
 
-__all__ = ["digitize_rows", "histogram_update", "joint_update", "moments_update"]
+__all__ = ["bowtie_update", "digitize_rows", "histogram_update", "joint_update", "moments_update"]
 
 #: neurons per block of the binning loop: block edges (B-1 x 2048 float32, 120 kB at
 #: B = 16) stay in L2 while every image of the batch is binned against them
@@ -216,3 +216,31 @@ def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarra
                 vmax[q] = hi[j]
             _, mean[q], m2[q], m3[q], m4[q] = _combine_moments(
                 (na, mean[q], m2[q], m3[q], m4[q]), (nb, s1[j], s2[j], s3[j], s4[j]))
+
+
+@njit
+def bowtie_update(ids: np.ndarray, fold: np.ndarray, pp: np.ndarray, qq: np.ndarray,
+                  cell_offset: np.ndarray, n_bins: int, counts: np.ndarray) -> None:
+    """Add one group's batch to the bowtie counts, in place.
+
+    Args:
+        ids: (b, 2K, P) uint8 linear bin ids; row ``2k`` holds pair ``k``'s x channel at
+            every position, row ``2k + 1`` its y channel.
+        fold: (b,) int64 fold of each image.
+        pp, qq: (T,) int64 positions of x and y of every counted position pair.
+        cell_offset: (T,) int64 offset of each position pair's slot (distance and
+            pooling) in one pair's counts: ``slot * B * B``.
+        n_bins: B.
+        counts: (F, K, S * B * B) int32 counts (flattened (S, B_x, B_y) per fold and pair).
+    """
+    b = ids.shape[0]
+    n_pairs = counts.shape[1]
+    n_t = pp.shape[0]
+    for i in range(b):
+        f = fold[i]
+        for k in range(n_pairs):
+            xi = ids[i, 2 * k]
+            yi = ids[i, 2 * k + 1]
+            c = counts[f, k]
+            for t in range(n_t):
+                c[cell_offset[t] + np.int64(xi[pp[t]]) * n_bins + np.int64(yi[qq[t]])] += 1
