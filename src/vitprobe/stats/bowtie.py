@@ -401,6 +401,9 @@ class BowtieCounts(Accumulator):
                                  f"{self.pooled_distances}")
             s = self.pooled_distances.index(distance)
         else:
+            if not 0 <= distance < self.n_slots - len(self.pooled_distances):
+                raise ValueError(f"no central pairs at distance {distance} on a "
+                                 f"{self.layout.grid} grid")
             s = len(self.pooled_distances) + int(distance)
         c = self.counts[gi].view(self.folds, self.n_pairs, self.n_slots, self.bins, self.bins)
         c = c[:, pair, s].to(torch.int64)

@@ -77,8 +77,6 @@ from typing import NamedTuple
 import numpy as np
 from scipy.stats import t as student_t
 
-from vitprobe.stats.mi import mi_from_counts
-
 __all__ = [
     "ConditionalMoments",
     "bowtie_index",
@@ -324,7 +322,7 @@ def divisive_normalization_fit(counts: np.ndarray, x: np.ndarray, y: np.ndarray,
 
 def _dn_fit(c: np.ndarray, xa: np.ndarray, ya: np.ndarray, min_count: int, sheppard: bool,
             parts: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
-    m, cm, xt, sdt = _standardised(c, xa, ya, sheppard) if parts is None else parts
+    _, cm, xt, sdt = _standardised(c, xa, ya, sheppard) if parts is None else parts
     # undo c4 (a bias factor of the SD, not of the variance): v_i / var_y is unbiased
     vt = (sdt * _c4(np.maximum(cm.n, 1).astype(np.float64))) ** 2
     w, v, a, enough = _weights(cm, vt, xt, min_count)
@@ -363,7 +361,7 @@ def _rebinned_mi(c: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: int) -> np.nd
     over the z interval [lo_ij, hi_ij]: x columns merged into ``q`` contiguous groups of
     about equal mass, z cut into ``q`` bins at the weighted quantiles of the cell midpoints
     (both about equal-frequency, so neither heavy tails nor the bin scale matter)."""
-    nl, bx, by = c.shape
+    nl = c.shape[0]
     levels = np.arange(1, q) / q
     # x: contiguous groups of columns cut at the cumulative mass of each column's middle
     col = c.sum(-1)
