@@ -41,6 +41,7 @@ def calibrated(layout: NeuronLayout, seed: int = 0, **kw) -> BowtieCounts:
 def brute_force(acc: BowtieCounts, batches: list[dict], gi: int, pair: int, distance: int,
                 pooling: str) -> np.ndarray:
     """The histogram by enumeration: every image, every ordered position pair."""
+    assert acc.channel is not None
     lay = acc.layout
     layer, sub = acc.groups[gi]
     b = acc.bins
@@ -57,6 +58,8 @@ def brute_force(acc: BowtieCounts, batches: list[dict], gi: int, pair: int, dist
             ps = [lay.centre_position] if pooling == "central" else range(lay.n_positions)
             for p in ps:
                 for q in range(lay.n_positions):
+                    if pooling == "translation" and cx == cy and p == q:
+                        continue  # a neuron against itself: not counted
                     d = np.hypot(rows[p] - rows[q], cols[p] - cols[q])
                     if int(np.rint(d)) == distance:
                         out[ix[p], iy[q]] += 1
@@ -99,7 +102,7 @@ def test_position_pairs_cover_every_pair_once() -> None:
     pooled = slot < 8
     # 0..7 covers every ordered pair of a 6 x 6 grid (max distance 7.07 rounds to 7)
     assert pooled.sum() == 36 * 36
-    assert len({(int(p), int(q)) for p, q in zip(pp[pooled], qq[pooled])}) == 36 * 36
+    assert len({(int(p), int(q)) for p, q in zip(pp[pooled], qq[pooled], strict=True)}) == 36 * 36
     central = ~pooled
     assert np.all(pp[central] == lay.centre_position) and central.sum() == 36
     assert n_slots == 8 + int(lay.distance_bin.max()) + 1

@@ -93,7 +93,7 @@ def test_scale_mixture_gives_a_bowtie_and_the_known_weight() -> None:
     assert lo <= w_target <= hi and abs(w - w_target) < 0.03
     corr, lo, hi = ci["correlation"]
     assert lo <= 0.0 <= hi and abs(corr) < 0.01
-    index, lo, hi = ci["bowtie_index"]
+    _, lo, hi = ci["bowtie_index"]
     assert lo > 0.15 and lo <= float(exact["bowtie_index"]) <= hi
     # dividing y by its predicted SD removes the dependence (y / SD is independent of x
     # for the bivariate t): almost nothing remains
@@ -134,7 +134,7 @@ def test_linear_pair_has_the_known_correlation() -> None:
     corr, lo, hi = ci["correlation"]
     assert lo <= rho <= hi and abs(corr - rho) < 0.005
     # Gaussian: constant conditional spread (no bowtie); E[y | x] = rho x
-    value, lo, hi = ci["bowtie_index"]
+    _, lo, hi = ci["bowtie_index"]
     assert lo <= 0.0 <= hi
     m = conditional_moments(total, xc, xc)
     core = np.abs(xc) < 2

@@ -219,28 +219,42 @@ def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarra
 
 
 @njit
-def bowtie_update(ids: np.ndarray, fold: np.ndarray, pp: np.ndarray, qq: np.ndarray,
-                  cell_offset: np.ndarray, n_bins: int, counts: np.ndarray) -> None:
+def bowtie_update(ids: np.ndarray, fold: np.ndarray, same: np.ndarray,
+                  rows_full: np.ndarray, q_full: np.ndarray, off_full: np.ndarray,
+                  rows_half: np.ndarray, q_half: np.ndarray, off_half: np.ndarray,
+                  n_bins: int, counts: np.ndarray) -> None:
     """Add one group's batch to the bowtie counts, in place.
+
+    Position pairs come as rows of a compressed table, one row per x position ``p``
+    (and per pooling): row ``r`` = (first index, end index, ``p``), and for ``t`` in
+    ``[first, end)`` the y position ``q[t]`` and the offset ``off[t]`` of its slot
+    (distance and pooling) in one pair's counts (``slot * B * B``). The x bin is read
+    once per row; the inner loop loads ``q``, the offset and y's bin, and increments.
 
     Args:
         ids: (b, 2K, P) uint8 linear bin ids; row ``2k`` holds pair ``k``'s x channel at
             every position, row ``2k + 1`` its y channel.
         fold: (b,) int64 fold of each image.
-        pp, qq: (T,) int64 positions of x and y of every counted position pair.
-        cell_offset: (T,) int64 offset of each position pair's slot (distance and
-            pooling) in one pair's counts: ``slot * B * B``.
+        same: (K,) bool; pairs of one channel use the ``half`` table (each unordered
+            pair of pooled positions once; the readout adds the transpose).
+        rows_full, rows_half: (R, 3) int64 row tables; q_*: (T,) int64 y positions;
+            off_*: (T,) int64 slot offsets.
         n_bins: B.
         counts: (F, K, S * B * B) int32 counts (flattened (S, B_x, B_y) per fold and pair).
     """
     b = ids.shape[0]
     n_pairs = counts.shape[1]
-    n_t = pp.shape[0]
     for i in range(b):
         f = fold[i]
         for k in range(n_pairs):
             xi = ids[i, 2 * k]
             yi = ids[i, 2 * k + 1]
             c = counts[f, k]
-            for t in range(n_t):
-                c[cell_offset[t] + np.int64(xi[pp[t]]) * n_bins + np.int64(yi[qq[t]])] += 1
+            if same[k]:
+                rows, qs, offs = rows_half, q_half, off_half
+            else:
+                rows, qs, offs = rows_full, q_full, off_full
+            for r in range(rows.shape[0]):
+                base = np.int64(xi[rows[r, 2]]) * n_bins
+                for t in range(rows[r, 0], rows[r, 1]):
+                    c[offs[t] + base + np.int64(yi[qs[t]])] += 1

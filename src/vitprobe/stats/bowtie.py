@@ -24,10 +24,11 @@ fine histograms for a few pairs of neurons per (layer, sublayer):
   Bin id: ``clip(floor((x - (mean - R)) * B / (2R)), 0, B - 1)`` in float32.
 * **Pooling.** ``translation``: every ordered pair of positions ``(p, q)`` whose
   Euclidean distance rounds to ``d``, for ``d`` in ``pooled_distances`` (default
-  0..8; at ``d = 0`` same-channel pairs are the identity and are left out of the
-  statistics, cross-channel pairs are the two channels at one position): x from
-  ``p``, y from ``q``. DINOv2-S/14's 16 x 16 grid has 1860 such ordered pairs at
-  ``d = 1``, so each image adds about a thousand samples per distance instead of
+  0..8; at ``d = 0`` same-channel pairs would be a neuron against itself and are
+  not counted, cross-channel pairs are the two channels at one position): x from
+  ``p``, y from ``q`` (same-channel pairs count each unordered pair once and add the
+  transpose when read: the same histogram for half the work). DINOv2-S/14's 16 x 16
+  grid has 1860 such ordered pairs at ``d = 1``, so each image adds about a thousand samples per distance instead of
   the four of the central neuron. ``central``: x at the central patch (convention of
   :mod:`vitprobe.stats.layout`), y at every position, by rounded distance (the
   poster's Figure 3).
@@ -111,6 +112,19 @@ def position_pairs(layout: NeuronLayout, pooled_distances: Sequence[int]
     n_slots = n_pooled + int(dbin.max()) + 1
     return (np.concatenate(ps).astype(np.int64), np.concatenate(qs).astype(np.int64),
             np.concatenate(ss).astype(np.int64), n_slots)
+
+
+def _row_table(pp: np.ndarray, qq: np.ndarray, offset: np.ndarray, central: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compressed rows of position pairs for the kernel, one per (pooling, x position):
+    ((R, 3) rows (first, end, p), (T,) y positions, (T,) slot offsets), all int64."""
+    order = np.lexsort((offset, qq, pp, central))
+    pp, qq, offset, central = pp[order], qq[order], offset[order], central[order]
+    key = central.astype(np.int64) * (int(pp.max(initial=0)) + 1) + pp
+    start = np.flatnonzero(np.diff(key, prepend=-1))
+    end = np.append(start[1:], key.size)
+    rows = np.column_stack([start, end, pp[start]]).astype(np.int64)
+    return np.ascontiguousarray(rows), qq.astype(np.int64), offset.astype(np.int64)
 
 
 def _calibration_positions(layout: NeuronLayout) -> np.ndarray:
@@ -200,8 +214,18 @@ class BowtieCounts(Accumulator):
         self.threads = threads
         self.device = None if device is None else torch.device(device)
         pp, qq, slot, n_slots = position_pairs(layout, self.pooled_distances)
-        self._pp, self._qq, self._slot, self.n_slots = pp, qq, slot, n_slots
-        self._cell_offset = slot * (self.bins * self.bins)
+        self.n_slots = n_slots
+        # same-channel pairs count each unordered pair of pooled positions once (the
+        # readout adds the transpose: (p, q) and (q, p) give the transposed cell) and
+        # skip p == q (a neuron against itself): half the work of the ordered pairs
+        pooled = slot < len(self.pooled_distances)
+        half = ~pooled | (pp < qq)
+        cells = self.bins * self.bins
+        self._lists = {"full": (pp, qq, slot * cells),
+                       "half": (pp[half], qq[half], slot[half] * cells)}
+        npool = len(self.pooled_distances)
+        self._rows = {name: _row_table(p_, q_, o, o // cells >= npool)
+                      for name, (p_, q_, o) in self._lists.items()}
         self._cal_pos = _calibration_positions(layout)
         self._reservoir: list[list[torch.Tensor]] = [[] for _ in self.groups]
         self._res_n = 0
@@ -215,7 +239,9 @@ class BowtieCounts(Accumulator):
         #: (G, C) float64 calibration MI at distance 1 that ranked the channels
         self.ranking_mi: np.ndarray | None = None
         self.counts: list[torch.Tensor] = []  # (F, K, S * B * B) int32 per group
-        self._torch_tables: dict[str, torch.Tensor] = {}
+        #: (G, K) bool: pairs of one channel (counted on the half table)
+        self.same: np.ndarray | None = None
+        self._torch_tables: dict[tuple[str, str], torch.Tensor] = {}
 
     @property
     def n_pairs(self) -> int:
@@ -305,6 +331,7 @@ class BowtieCounts(Accumulator):
         if ch.shape != (g, k, 2):
             raise ValueError(f"channel must have shape {(g, k, 2)}, got {ch.shape}")
         self.channel = ch
+        self.same = ch[..., 0] == ch[..., 1]
         self.centre = np.asarray(centre, np.float32).reshape(g, k, 2).copy()
         self.half_range = np.asarray(half_range, np.float32).reshape(g, k, 2).copy()
         if not np.all(self.half_range > 0):
@@ -359,34 +386,48 @@ class BowtieCounts(Accumulator):
     def _update_group(self, gi: int, x: torch.Tensor, fold: np.ndarray) -> None:
         x = x.to(self.device)
         ids = self._bin_ids(gi, x)
+        assert self.same is not None
         if ids.device.type == "cpu" and jit_enabled():
-            bowtie_update(ids.numpy(), fold, self._pp, self._qq, self._cell_offset, self.bins,
-                          self.counts[gi].numpy())
+            bowtie_update(ids.numpy(), fold, self.same[gi], *self._rows["full"],
+                          *self._rows["half"], self.bins, self.counts[gi].numpy())
             return
         self._update_group_torch(gi, ids, fold)
 
-    def _table(self, name: str, device: torch.device) -> torch.Tensor:
-        t = self._torch_tables.get(name)
+    def _table(self, name: str, part: int, device: torch.device) -> torch.Tensor:
+        t = self._torch_tables.get((name, str(part)))
         if t is None or t.device != device:
-            t = self._torch_tables[name] = torch.as_tensor(
-                getattr(self, f"_{name}"), device=device)
+            t = self._torch_tables[(name, str(part))] = torch.as_tensor(
+                self._lists[name][part], device=device)
         return t
 
     def _update_group_torch(self, gi: int, ids: torch.Tensor, fold: np.ndarray) -> None:
         """Reference (and accelerator) path: gather every position pair's cell, bincount."""
+        assert self.same is not None
         dev = ids.device
         b = self.bins
         size = self.n_slots * b * b
         k = self.n_pairs
-        pp, qq, off = self._table("pp", dev), self._table("qq", dev), \
-            self._table("cell_offset", dev)
         f = torch.as_tensor(fold, device=dev)
-        xi = ids[:, 0::2].long().index_select(2, pp)  # (b, K, T)
-        yi = ids[:, 1::2].long().index_select(2, qq)
-        base = (f[:, None] * k + torch.arange(k, device=dev)) * size  # (b, K)
-        flat = base[:, :, None] + off + xi * b + yi
-        counts = torch.bincount(flat.reshape(-1), minlength=self.folds * k * size)
-        self.counts[gi] += counts.view(self.folds, k, size).to(torch.int32)
+        for ki in range(k):
+            name = "half" if self.same[gi, ki] else "full"
+            pp, qq, off = (self._table(name, j, dev) for j in range(3))
+            xi = ids[:, 2 * ki].long().index_select(1, pp)  # (b, T)
+            yi = ids[:, 2 * ki + 1].long().index_select(1, qq)
+            flat = (f[:, None] * k + ki) * size + off + xi * b + yi
+            counts = torch.bincount(flat.reshape(-1), minlength=self.folds * k * size)
+            self.counts[gi] += counts.view(self.folds, k, size).to(torch.int32)
+
+    def folded_counts(self, gi: int) -> np.ndarray:
+        """(F, K, S, B, B) int64 counts of group ``gi`` as ordered position pairs:
+        same-channel pairs' pooled slots get their transpose added (they were counted
+        once per unordered pair)."""
+        assert self.same is not None
+        b, npool = self.bins, len(self.pooled_distances)
+        c = self.counts[gi].cpu().numpy().reshape(self.folds, self.n_pairs, self.n_slots, b,
+                                                  b).astype(np.int64)
+        s = np.flatnonzero(self.same[gi])
+        c[:, s, :npool] += c[:, s, :npool].swapaxes(-1, -2)
+        return c
 
     # -- access ---------------------------------------------------------------------------
     def pair_counts(self, layer: int, sublayer: str, pair: int, distance: int, *,
@@ -405,10 +446,8 @@ class BowtieCounts(Accumulator):
                 raise ValueError(f"no central pairs at distance {distance} on a "
                                  f"{self.layout.grid} grid")
             s = len(self.pooled_distances) + int(distance)
-        c = self.counts[gi].view(self.folds, self.n_pairs, self.n_slots, self.bins, self.bins)
-        c = c[:, pair, s].to(torch.int64)
-        c = c.sum(0) if fold is None else c[fold]
-        return c.cpu().numpy()
+        c = self.folded_counts(gi)[:, pair, s]
+        return c.sum(0) if fold is None else c[fold]
 
     def bin_centres(self, gi: int) -> np.ndarray:
         """(K, 2, B) float64 bin centres of every pair's x and y, in activation units."""
@@ -503,7 +542,8 @@ def bowtie_dataset(acc: BowtieCounts, *, statistics: bool = True,
     Variables
     ---------
     counts [layer, sublayer, pooling, pair, distance, bin_x, bin_y] int32
-        All folds summed; zero at distances a pooling did not count.
+        All folds summed; zero at distances a pooling did not count (and for
+        same-channel pairs at distance 0, a neuron against itself).
     x_value, y_value [layer, sublayer, pair, bin_x | bin_y] (coordinates)
         Bin centres in activation units.
     channel_x, channel_y [layer, sublayer, pair], pair_kind [pair]
@@ -520,6 +560,10 @@ def bowtie_dataset(acc: BowtieCounts, *, statistics: bool = True,
         :mod:`vitprobe.stats.conditional`.
     mi_before, mi_after, mi_remaining [..., distance]
         MI of the pair before / after dividing y by its predicted SD, and their ratio.
+    layer_correlation, layer_bowtie_index, layer_sigma2, layer_w with ``_lo``, ``_hi``
+    [layer, sublayer, pooling, distance]
+        Means over the same-channel pairs of a layer, with jackknife intervals of the
+        mean; ``layer_mi_remaining``: mean MI after over mean MI before.
     n_samples [layer, sublayer, pooling, pair, distance]
         Samples per histogram.
     edge_fraction [layer, sublayer, pooling, pair, distance]
@@ -537,7 +581,7 @@ def bowtie_dataset(acc: BowtieCounts, *, statistics: bool = True,
     nd = acc.n_slots - npool  # central distances 0 .. D
     dists = np.arange(max(nd, max(acc.pooled_distances, default=0) + 1))
     ndist = dists.size
-    counts = np.zeros((nl, ns, 2, k, ndist, b, b), np.int32)
+    counts = np.zeros((nl, ns, 2, k, ndist, b, b), np.int64)
     fold_counts_of: dict[int, np.ndarray] = {}
     xv = np.full((nl, ns, k, b), np.nan)
     yv = np.full((nl, ns, k, b), np.nan)
@@ -548,7 +592,7 @@ def bowtie_dataset(acc: BowtieCounts, *, statistics: bool = True,
     ranking = np.full((nl, ns, acc.layout.d_model), np.nan)
     for gi, (layer, s) in enumerate(acc.groups):
         li, si = layers.index(layer), subs.index(s)
-        c = acc.counts[gi].cpu().numpy().reshape(f, k, acc.n_slots, b, b)
+        c = acc.folded_counts(gi)
         fc = np.zeros((f, 2, k, ndist, b, b), np.int64)
         fc[:, 0][:, :, acc.pooled_distances] = c[:, :, :npool]
         fc[:, 1, :, :nd] = c[:, :, npool:]
@@ -563,8 +607,10 @@ def bowtie_dataset(acc: BowtieCounts, *, statistics: bool = True,
             ranking[li, si] = acc.ranking_mi[gi]
 
     base = ("layer", "sublayer", "pooling", "pair", "distance")
+    if counts.max(initial=0) >= 2**31:
+        raise ResultsError("bowtie counts exceed int32; use fewer images per shard")
     dv: dict[str, Any] = {
-        "counts": ((*base, "bin_x", "bin_y"), counts,
+        "counts": ((*base, "bin_x", "bin_y"), counts.astype(np.int32),
                    {"long_name": "joint counts of (x, y)", "units": "count",
                     "description": "x: the first neuron of the pair; y: the second at the "
                                    "given rounded distance; all folds; values beyond the "
@@ -656,6 +702,10 @@ def _statistics(acc: BowtieCounts, fold_counts_of: dict[int, np.ndarray], layers
     hi = {name: np.full(shape, np.nan) for name in _STATS}
     col = {name: np.full((*shape, b), np.nan) for name in ("cond_mean", "cond_sd")}
     coln = np.zeros((*shape, b), np.int64)
+    lshape = (nl, ns, 2, nd)
+    layer_est = {name: np.full(lshape, np.nan) for name in (*_STATS, "mi_remaining")}
+    layer_lo = {name: np.full(lshape, np.nan) for name in _STATS}
+    layer_hi = {name: np.full(lshape, np.nan) for name in _STATS}
     for gi, (layer, s) in enumerate(acc.groups):
         li, si = layers.index(layer), subs.index(s)
         fc = fold_counts_of[gi]  # (F, 2, K, D, B, B)
@@ -667,15 +717,36 @@ def _statistics(acc: BowtieCounts, fold_counts_of: dict[int, np.ndarray], layers
         used = fc.reshape(f, -1).sum(1) > 0
         reps = [conditional_statistics(tot - fc[j], x, y, min_count=min_count, with_mi=False)
                 for j in range(f) if used[j]]
-        same = (chx[li, si] == chy[li, si])[None, :, None] & (dists == 0)[None, None, :]
+        same_pair = chx[li, si] == chy[li, si]
+        same = same_pair[None, :, None] & (dists == 0)[None, None, :]
+
+        def pair_mean(v: np.ndarray, axis: int = 1, same_pair: np.ndarray = same_pair
+                      ) -> np.ndarray:
+            """Mean over the same-channel pairs (axis ``axis``), NaN-aware."""
+            sel = np.compress(same_pair, v, axis=axis)
+            ok = np.isfinite(sel)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(ok, sel, 0.0).sum(axis) / ok.sum(axis)
+
         for name in (*_STATS, "mi_before", "mi_after"):
             v = np.where(same, np.nan, st[name])
             est[name][li, si] = v
             if name in _STATS:
                 rep = np.stack([r[name] for r in reps]) if reps else np.full((0, *v.shape),
                                                                               np.nan)
-                e, lo_, hi_ = jackknife_interval(v, np.where(same, np.nan, rep))
+                rep = np.where(same, np.nan, rep)
+                e, lo_, hi_ = jackknife_interval(v, rep)
                 se[name][li, si], lo[name][li, si], hi[name][li, si] = e, lo_, hi_
+                if same_pair.any():  # the layer's summary: mean over same-channel pairs
+                    lv = pair_mean(v)
+                    _, llo, lhi = jackknife_interval(lv, pair_mean(rep, axis=2))
+                    layer_est[name][li, si], layer_lo[name][li, si] = lv, llo
+                    layer_hi[name][li, si] = lhi
+        if same_pair.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                before = pair_mean(est["mi_before"][li, si])
+                layer_est["mi_remaining"][li, si] = np.where(
+                    before > 0, pair_mean(est["mi_after"][li, si]) / before, np.nan)
         coln[li, si] = st["column_n"]
         for name in ("cond_mean", "cond_sd"):
             col[name][li, si] = np.where(same[..., None], np.nan, st[name])
@@ -704,6 +775,18 @@ def _statistics(acc: BowtieCounts, fold_counts_of: dict[int, np.ndarray], layers
     out["mi_remaining"] = (base, remaining, {
         "long_name": "share of the MI left after divisive normalization",
         "description": "mi_after / mi_before (NaN where mi_before <= 0)"})
+    lbase = ("layer", "sublayer", "pooling", "distance")
+    for name in _STATS:
+        ln, units = long[name]
+        out[f"layer_{name}"] = (lbase, layer_est[name], {
+            "long_name": f"{ln}, mean over the same-channel pairs", "units": units})
+        out[f"layer_{name}_lo"] = (lbase, layer_lo[name], {
+            "long_name": f"95 % jackknife interval of layer_{name}, lower"})
+        out[f"layer_{name}_hi"] = (lbase, layer_hi[name], {
+            "long_name": f"95 % jackknife interval of layer_{name}, upper"})
+    out["layer_mi_remaining"] = (lbase, layer_est["mi_remaining"], {
+        "long_name": "share of the MI left after divisive normalization, same-channel pairs",
+        "description": "mean mi_after / mean mi_before over the same-channel pairs"})
     out["column_n"] = ((*base, "bin_x"), coln, {"long_name": "samples per x column",
                                                 "units": "count"})
     out["cond_mean"] = ((*base, "bin_x"), col["cond_mean"],
