@@ -29,8 +29,9 @@ fine histograms for a few pairs of neurons per (layer, sublayer):
   ``p``, y from ``q`` (same-channel pairs count each unordered pair once and add the
   transpose when read: the same histogram for half the work). DINOv2-S/14's 16 x 16
   grid has 1860 such ordered pairs at ``d = 1``, so each image adds about a thousand
-  samples per distance instead of the four of the central neuron. ``central``: x at the central patch (convention of
-  :mod:`vitprobe.stats.layout`), y at every position, by rounded distance (the
+  samples per distance instead of the four of the central neuron. ``central``: x at
+  the central patch (convention of :mod:`vitprobe.stats.layout`), y at every position,
+  by rounded distance (the
   poster's Figure 3).
 * **Folds.** Counts are kept separately for ``folds`` disjoint groups of images
   (image index modulo ``folds``; the cache's :data:`~vitprobe.stats.joint.IMAGE_INDEX`
