@@ -220,41 +220,53 @@ def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarra
 
 @njit
 def bowtie_update(ids: np.ndarray, fold: np.ndarray, same: np.ndarray,
-                  rows_full: np.ndarray, q_full: np.ndarray, off_full: np.ndarray,
-                  rows_half: np.ndarray, q_half: np.ndarray, off_half: np.ndarray,
-                  n_bins: int, counts: np.ndarray) -> None:
+                  offsets_full: np.ndarray, offsets_half: np.ndarray, n_cols: int,
+                  central_q: np.ndarray, central_off: np.ndarray, centre: int, n_bins: int,
+                  counts: np.ndarray) -> None:
     """Add one group's batch to the bowtie counts, in place.
 
-    Position pairs come as rows of a compressed table, one row per x position ``p``
-    (and per pooling): row ``r`` = (first index, end index, ``p``), and for ``t`` in
-    ``[first, end)`` the y position ``q[t]`` and the offset ``off[t]`` of its slot
-    (distance and pooling) in one pair's counts (``slot * B * B``). The x bin is read
-    once per row; the inner loop loads ``q``, the offset and y's bin, and increments.
+    Translation-pooled pairs are enumerated by their offset: for an offset
+    ``(dr, dc)`` every position ``p = (r, c)`` whose partner ``q = (r + dr, c + dc)`` lies
+    on the grid, rows then columns, so both bin ids are read sequentially and no
+    position table is needed. Central pairs: ``p`` = the centre, ``q`` every position.
 
     Args:
-        ids: (b, 2K, P) uint8 linear bin ids; row ``2k`` holds pair ``k``'s x channel at
-            every position, row ``2k + 1`` its y channel.
+        ids: (b, 2K, P) uint8 linear bin ids (positions row-major, ``n_cols`` per row);
+            row ``2k`` holds pair ``k``'s x channel, row ``2k + 1`` its y channel.
         fold: (b,) int64 fold of each image.
-        same: (K,) bool; pairs of one channel use the ``half`` table (each unordered
-            pair of pooled positions once; the readout adds the transpose).
-        rows_full, rows_half: (R, 3) int64 row tables; q_*: (T,) int64 y positions;
-            off_*: (T,) int64 slot offsets.
+        same: (K,) bool; pairs of one channel use ``offsets_half`` (one offset of each
+            ``+-`` pair: every unordered pair of positions once; the readout adds the
+            transpose), the others ``offsets_full``.
+        offsets_full, offsets_half: (n, 3) int64 rows ``(dr, dc, slot * B * B)``.
+        n_cols: grid columns.
+        central_q, central_off: (P,) int64 positions and slot offsets of the central
+            pairs.
+        centre: flat index of the central position.
         n_bins: B.
         counts: (F, K, S * B * B) int32 counts (flattened (S, B_x, B_y) per fold and pair).
     """
     b = ids.shape[0]
     n_pairs = counts.shape[1]
+    n_pos = ids.shape[2]
+    n_rows = n_pos // n_cols
     for i in range(b):
         f = fold[i]
         for k in range(n_pairs):
             xi = ids[i, 2 * k]
             yi = ids[i, 2 * k + 1]
             c = counts[f, k]
-            if same[k]:
-                rows, qs, offs = rows_half, q_half, off_half
-            else:
-                rows, qs, offs = rows_full, q_full, off_full
-            for r in range(rows.shape[0]):
-                base = np.int64(xi[rows[r, 2]]) * n_bins
-                for t in range(rows[r, 0], rows[r, 1]):
-                    c[offs[t] + base + np.int64(yi[qs[t]])] += 1
+            offs = offsets_half if same[k] else offsets_full
+            for o in range(offs.shape[0]):
+                dr = offs[o, 0]
+                dc = offs[o, 1]
+                so = offs[o, 2]
+                delta = dr * n_cols + dc
+                c_lo = max(0, -dc)
+                c_hi = min(n_cols, n_cols - dc)
+                for r in range(max(0, -dr), min(n_rows, n_rows - dr)):
+                    p0 = r * n_cols
+                    for p in range(p0 + c_lo, p0 + c_hi):
+                        c[so + np.int64(xi[p]) * n_bins + np.int64(yi[p + delta])] += 1
+            base = np.int64(xi[centre]) * n_bins
+            for t in range(central_q.shape[0]):
+                c[central_off[t] + base + np.int64(yi[central_q[t]])] += 1

@@ -24,15 +24,15 @@ fine histograms for a few pairs of neurons per (layer, sublayer):
   Bin id: ``clip(floor((x - (mean - R)) * B / (2R)), 0, B - 1)`` in float32.
 * **Pooling.** ``translation``: every ordered pair of positions ``(p, q)`` whose
   Euclidean distance rounds to ``d``, for ``d`` in ``pooled_distances`` (default
-  0..8; at ``d = 0`` same-channel pairs would be a neuron against itself and are
+  0, 1, 2, 4, 8: doubling distances, as the figures show them, at a third of the cost
+  of every distance up to 8; at ``d = 0`` same-channel pairs would be a neuron against itself and are
   not counted, cross-channel pairs are the two channels at one position): x from
   ``p``, y from ``q`` (same-channel pairs count each unordered pair once and add the
   transpose when read: the same histogram for half the work). DINOv2-S/14's 16 x 16
   grid has 1860 such ordered pairs at ``d = 1``, so each image adds about a thousand
   samples per distance instead of the four of the central neuron. ``central``: x at
   the central patch (convention of :mod:`vitprobe.stats.layout`), y at every position,
-  by rounded distance (the
-  poster's Figure 3).
+  by rounded distance (the poster's Figure 3).
 * **Folds.** Counts are kept separately for ``folds`` disjoint groups of images
   (image index modulo ``folds``; the cache's :data:`~vitprobe.stats.joint.IMAGE_INDEX`
   when present, else the stream order), for delete-one-group jackknife intervals
@@ -40,9 +40,11 @@ fine histograms for a few pairs of neurons per (layer, sublayer):
   images are the units of resampling.
 
 Counts are int32 (F, K, S, B, B) per group (S = pooled plus central distance slots):
-for DINOv2-S/14 with the defaults, 8 x 7 x 21 x 41 x 41 x 4 bytes = 7.9 MB per group,
-190 MB for all 24 sublayers; constant in the number of images. Merges add counts
-exactly. The CPU update is one compiled loop over images, pairs and position pairs
+for DINOv2-S/14 with the defaults, 8 x 7 x 17 x 41 x 41 x 4 bytes = 6.4 MB per group,
+154 MB for all 24 sublayers; constant in the number of images. Merges add counts
+exactly. Each image costs about 72k increments per group (same-channel pairs 7.8k
+pooled position pairs each, cross pairs 15.8k, plus 256 central ones). The CPU update
+is one compiled loop over images, pairs and position offsets
 (:func:`vitprobe.stats._kernels.bowtie_update`); the torch reference path
 (``VITPROBE_JIT=0``, and accelerators) gathers the same cell indices and uses
 ``bincount``; the tests check both against a brute-force histogram.
@@ -115,17 +117,22 @@ def position_pairs(layout: NeuronLayout, pooled_distances: Sequence[int]
             np.concatenate(ss).astype(np.int64), n_slots)
 
 
-def _row_table(pp: np.ndarray, qq: np.ndarray, offset: np.ndarray, central: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compressed rows of position pairs for the kernel, one per (pooling, x position):
-    ((R, 3) rows (first, end, p), (T,) y positions, (T,) slot offsets), all int64."""
-    order = np.lexsort((offset, qq, pp, central))
-    pp, qq, offset, central = pp[order], qq[order], offset[order], central[order]
-    key = central.astype(np.int64) * (int(pp.max(initial=0)) + 1) + pp
-    start = np.flatnonzero(np.diff(key, prepend=-1))
-    end = np.append(start[1:], key.size)
-    rows = np.column_stack([start, end, pp[start]]).astype(np.int64)
-    return np.ascontiguousarray(rows), qq.astype(np.int64), offset.astype(np.int64)
+def _offset_table(distances: Sequence[int], grid: tuple[int, int], cells: int, *,
+                  half: bool) -> np.ndarray:
+    """(n, 3) int64 rows (dr, dc, slot * cells): every grid offset whose length rounds to
+    ``distances[slot]`` (with ``half``: one of each +- pair, and no zero offset)."""
+    rows, cols = grid
+    dr, dc = np.meshgrid(np.arange(-rows + 1, rows), np.arange(-cols + 1, cols), indexing="ij")
+    dr, dc = dr.ravel(), dc.ravel()
+    d = np.rint(np.hypot(dr, dc)).astype(np.int64)
+    out = []
+    for slot, dist in enumerate(distances):
+        sel = d == int(dist)
+        if half:
+            sel &= (dr > 0) | ((dr == 0) & (dc > 0))
+        out.append(np.column_stack([dr[sel], dc[sel], np.full(sel.sum(), slot * cells)]))
+    return np.ascontiguousarray(np.concatenate(out).astype(np.int64)) if out else \
+        np.zeros((0, 3), np.int64)
 
 
 def _calibration_positions(layout: NeuronLayout) -> np.ndarray:
@@ -150,8 +157,9 @@ class BowtieCounts(Accumulator):
     pairs : sequence of (channel_x, channel_y), optional
         Fixed pairs for every group instead of the MI-ranked selection.
     pooled_distances : ints, optional
-        Rounded distances of the translation-pooled counts; default ``0 .. 8`` (those
-        present on the grid).
+        Rounded distances of the translation-pooled counts; default ``(0, 1, 2, 4, 8)``
+        (those present on the grid). Each costs about ``2 pi d`` increments per
+        position, pair and image.
     range_quantile : float
         Quantile of ``|x - mean|`` that sets the half-range ``R``.
     calibration_images : int
@@ -203,8 +211,8 @@ class BowtieCounts(Accumulator):
             self.pair_kind = (["highest", "median", "lowest"] + ["random"] * self.n_random
                               + ["cross"] * self.n_cross)
         max_d = int(np.rint(np.hypot(layout.grid[0] - 1, layout.grid[1] - 1)))
-        pd = list(range(0, 9)) if pooled_distances is None else [int(d) for d in
-                                                                  pooled_distances]
+        pd = [0, 1, 2, 4, 8] if pooled_distances is None else [int(d) for d in
+                                                                pooled_distances]
         if any(d < 0 for d in pd) or len(set(pd)) != len(pd):
             raise ValueError(f"pooled_distances must be distinct and >= 0, got {pd}")
         self.pooled_distances = [d for d in pd if d <= max_d]
@@ -225,8 +233,12 @@ class BowtieCounts(Accumulator):
         self._lists = {"full": (pp, qq, slot * cells),
                        "half": (pp[half], qq[half], slot[half] * cells)}
         npool = len(self.pooled_distances)
-        self._rows = {name: _row_table(p_, q_, o, o // cells >= npool)
-                      for name, (p_, q_, o) in self._lists.items()}
+        # the compiled kernel walks offsets instead of position lists
+        self._offsets = {name: _offset_table(self.pooled_distances, layout.grid, cells,
+                                             half=name == "half") for name in ("full", "half")}
+        central = slot >= npool
+        self._central = (np.ascontiguousarray(qq[central]),
+                         np.ascontiguousarray(slot[central] * cells))
         self._cal_pos = _calibration_positions(layout)
         self._reservoir: list[list[torch.Tensor]] = [[] for _ in self.groups]
         self._res_n = 0
@@ -389,8 +401,9 @@ class BowtieCounts(Accumulator):
         ids = self._bin_ids(gi, x)
         assert self.same is not None
         if ids.device.type == "cpu" and jit_enabled():
-            bowtie_update(ids.numpy(), fold, self.same[gi], *self._rows["full"],
-                          *self._rows["half"], self.bins, self.counts[gi].numpy())
+            bowtie_update(ids.numpy(), fold, self.same[gi], self._offsets["full"],
+                          self._offsets["half"], self.layout.grid[1], *self._central,
+                          self.layout.centre_position, self.bins, self.counts[gi].numpy())
             return
         self._update_group_torch(gi, ids, fold)
 
