@@ -25,8 +25,9 @@ fine histograms for a few pairs of neurons per (layer, sublayer):
 * **Pooling.** ``translation``: every ordered pair of positions ``(p, q)`` whose
   Euclidean distance rounds to ``d``, for ``d`` in ``pooled_distances`` (default
   0, 1, 2, 4, 8: doubling distances, as the figures show them, at a third of the cost
-  of every distance up to 8; at ``d = 0`` same-channel pairs would be a neuron against itself and are
-  not counted, cross-channel pairs are the two channels at one position): x from
+  of every distance up to 8; at ``d = 0`` same-channel pairs would be a neuron against
+  itself and are not counted, cross-channel pairs are the two channels at one
+  position): x from
   ``p``, y from ``q`` (same-channel pairs count each unordered pair once and add the
   transpose when read: the same histogram for half the work). DINOv2-S/14's 16 x 16
   grid has 1860 such ordered pairs at ``d = 1``, so each image adds about a thousand
