@@ -34,6 +34,11 @@ __all__ = ["ANALYSIS", "BowtieAnalysis"]
 
 _NAMES = {"attn": "MHA", "mlp": "MLP"}
 
+#: the pair drawn in the bowtie rows and conditional-SD figures: the channel with the
+#: median calibration MI at distance 1 is a typical neuron; the highest-MI channel of
+#: the offline DINOv2-S/14 mostly shows its strong linear dependence (a diagonal)
+FIGURE_PAIR = "median"
+
 
 def _n_images(ds: xr.Dataset, manifest: dict) -> str:
     images = manifest.get("images", {}) if isinstance(manifest, dict) else {}
@@ -58,7 +63,7 @@ def _draw_rows(sublayer: str, control: bool = False) -> Callable[[Datasets], Fig
 
         ds = datasets["bowtie"]
         one = next(iter(controls(ds).values())) if control else main_model(ds)
-        return plot_bowtie_rows(one, sublayer)
+        return plot_bowtie_rows(one, sublayer, pair_kind=FIGURE_PAIR)
 
     return draw
 
@@ -86,7 +91,8 @@ def _draw_sd(sublayer: str) -> Callable[[Datasets], Figure]:
     def draw(datasets: Datasets) -> Figure:
         from vitprobe.plots.bowtie import plot_conditional_sd
 
-        return plot_conditional_sd(main_model(datasets["bowtie"]), sublayer)
+        return plot_conditional_sd(main_model(datasets["bowtie"]), sublayer,
+                                   pair_kind=FIGURE_PAIR)
 
     return draw
 
@@ -97,7 +103,7 @@ def _caption_sd(sublayer: str) -> Callable[[Datasets, dict], str]:
         return (
             f"Conditional standard deviation SD[y|x] of {_NAMES[sublayer]} neurons against "
             "x, both in units of their marginal SD, one panel per layer and one line per "
-            "distance (light: near, dark: far), for the channel with the highest "
+            f"distance (light: near, dark: far), for the channel with the {FIGURE_PAIR} "
             "calibration MI at distance 1, all position pairs at each distance pooled. A "
             "flat line at 1 is no variance dependence; a V is a bowtie, and its flattening "
             f"with distance is the bowtie fading. {_n_images(ds, manifest)}; "
@@ -225,25 +231,32 @@ class BowtieAnalysis(Analysis):
             bif = _layer_value(main, "layer_bowtie_index", sub, far)
             w = _layer_value(main, "layer_w", sub, near)
             rem = _layer_value(main, "layer_mi_remaining", sub, near)
-            fades = _mean(bif) < _mean(bi)
+            change = _mean(bif) - _mean(bi)
+            trend = ("stays at about" if abs(change) < 0.01 else
+                     "falls (the bowtie fades with distance) from" if change < 0 else
+                     "rises from")
             out.append(
                 f"{_NAMES.get(sub, sub)}: the bowtie (variance dependence of neighbouring "
                 f"neurons) is strongest in layer {layers[top] + 1} (bowtie index "
                 f"{bi[top]:.2f}, 95 % CI {lo[top]:.2f} to {hi[top]:.2f}, at distance {near}; "
                 f"correlation {corr[top]:.2f}) and weakest in layer {layers[bottom] + 1} "
-                f"({bi[bottom]:.2f}); averaged over layers it "
-                f"{'falls' if fades else 'rises'} from {_mean(bi):.2f} at distance "
-                f"{near} to {_mean(bif):.2f} at distance {far}"
-                f"{' (it fades with distance)' if fades else ''}.")
+                f"({bi[bottom]:.2f}); averaged over layers it {trend} {_mean(bi):.3f} at "
+                f"distance {near} to {_mean(bif):.3f} at distance {far}.")
             if np.isfinite(w).any():
+                wlo = _layer_value(main, "layer_w_lo", sub, near)
+                n_pos = int(np.sum(wlo > 0))
                 out.append(
                     f"{_NAMES.get(sub, sub)}: the divisive normalization var(y|x) = "
                     f"sigma^2 + w x^2 fits w from {np.nanmin(w):.2f} to {np.nanmax(w):.2f} "
-                    f"across layers at distance {near} (standardised units); dividing y by "
-                    f"its predicted SD would leave {100 * _mean(rem):.0f} % of the "
-                    "pairs' MI on average, so the network's own LayerNorm and attention "
-                    f"{'leave' if _mean(w) > 0.05 else 'leave little of'} this "
-                    "dependence for such a normalization to remove.")
+                    f"across layers at distance {near} (standardised units; w > 0 with "
+                    f"95 % confidence in {n_pos} of {int(np.isfinite(w).sum())} layers); "
+                    f"dividing y by its predicted SD would leave {100 * _mean(rem):.0f} % "
+                    "of the pairs' MI on average. "
+                    + ("LayerNorm and attention thus leave a variance dependence that a "
+                       "divisive normalization would remove." if n_pos else
+                       "No layer keeps a variance dependence that a divisive "
+                       "normalization would remove: LayerNorm and attention already "
+                       "leave none at this resolution."))
         if len(subs) == 2:
             a = _mean(_layer_value(main, "layer_bowtie_index", "attn", near))
             m = _mean(_layer_value(main, "layer_bowtie_index", "mlp", near))

@@ -55,6 +55,12 @@ def _pair_index(ds: xr.Dataset, pair_kind: str) -> int:
     return kinds.index(pair_kind)
 
 
+def _kind_text(kind: str) -> str:
+    return {"highest": "highest-MI channel", "median": "median-MI channel",
+            "lowest": "lowest-MI channel", "random": "random channel",
+            "cross": "cross-channel pair"}.get(kind, f"{kind} pair")
+
+
 def default_distances(ds: xr.Dataset, pooling: str = "translation",
                       wanted: Sequence[int] = (1, 2, 4, 8)) -> list[int]:
     """The distances of ``wanted`` that hold counts for ``pooling`` (else the first four
@@ -140,8 +146,9 @@ def plot_bowtie_rows(ds: xr.Dataset, sublayer: str = "attn", *, pooling: str = "
         "all position pairs at distance d pooled"
     fig.supxlabel("x (activation)", fontsize=8)
     fig.supylabel("y at distance d (activation)", fontsize=8)
-    fig.suptitle(f"{SUBLAYER_TITLES.get(sublayer, sublayer)}: p(y | x), {pair_kind}-MI "
-                 f"channel, {who}; columns scaled to their maximum", fontsize=8.5)
+    fig.suptitle(f"{SUBLAYER_TITLES.get(sublayer, sublayer)}: p(y | x), "
+                 f"{_kind_text(pair_kind)}, {who}; columns scaled to their maximum",
+                 fontsize=8.5)
     fig.tight_layout(rect=(0.02, 0.02, 1, 0.97))
     return fig
 
@@ -191,7 +198,7 @@ def plot_conditional_sd(ds: xr.Dataset, sublayer: str = "attn", *,
     fig.supxlabel("x / SD(x), centred", fontsize=8)
     fig.supylabel("SD[y | x] / SD(y)", fontsize=8)
     fig.suptitle(f"{SUBLAYER_TITLES.get(sublayer, sublayer)}: conditional SD against x, "
-                 f"{pair_kind}-MI channel, {pooling} pairs", fontsize=9)
+                 f"{_kind_text(pair_kind)}, {pooling} pairs", fontsize=9)
     fig.tight_layout(rect=(0.02, 0.02, 1, 0.96))
     return fig
 
@@ -249,7 +256,7 @@ def plot_bowtie_summary(ds: xr.Dataset, *, pooling: str = "translation",
         ax.set_xlabel("layer", fontsize=8)
         ax.set_xticks(x)
     axes[0, 0].legend(fontsize=5.5, frameon=False, ncol=2)
-    fig.suptitle(f"Linear and variance dependence of neighbouring neurons ({pooling} pairs, "
+    fig.suptitle(f"Linear and variance dependence of neighbouring neurons\n({pooling} pairs, "
                  "mean over same-channel pairs, 95 % jackknife intervals)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
