@@ -203,3 +203,27 @@ def test_channel_choice_follows_the_calibration_mi() -> None:
     assert len(set(random.tolist()) | {3, 5, int(acc.channel[0, 1, 0])}) == 5
     cross = acc.channel[0, 5:]
     assert np.all(cross[:, 0] != cross[:, 1])
+
+
+def test_planted_bowtie_through_the_accumulator() -> None:
+    """Channel 0 shares one scale per image across positions (a bowtie between any two
+    positions, no correlation); channel 1 is independent noise. The jackknife over image
+    folds must cover 0 for the independent pair and exclude it for the bowtie, although
+    the pooled position pairs of one image are far from independent."""
+    lay = NeuronLayout(n_layers=1, d_model=4, grid=(6, 6), sublayers=("attn",))
+    gen = torch.Generator().manual_seed(8)
+    acc = BowtieCounts(lay, pairs=[(0, 0), (1, 1)], calibration_images=64)
+    acc.calibrate(scale_mixture_batch(lay, 64, gen, shared=(0,)))
+    acc.end_calibration()
+    for _ in range(10):
+        acc.update(scale_mixture_batch(lay, 40, gen, shared=(0,)))
+    ds = acc.result().sel(layer=0, sublayer="attn", pooling="translation")
+    for d in (1, 2, 4):
+        one = ds.sel(distance=d)
+        assert float(one.bowtie_index_lo.sel(pair=0)) > 0.1
+        assert float(one.w_lo.sel(pair=0)) > 0.05
+        assert float(one.correlation_lo.sel(pair=0)) < 0 < float(
+            one.correlation_hi.sel(pair=0))
+        for name in ("bowtie_index", "w", "correlation"):
+            assert float(one[f"{name}_lo"].sel(pair=1)) < 0 < float(
+                one[f"{name}_hi"].sel(pair=1)), (name, d)
