@@ -76,7 +76,9 @@ def _caption_rows(sublayer: str, control: bool = False) -> Callable[[Datasets, d
         return (
             f"Bowtie plots of {_NAMES[sublayer]} neurons, one row per layer, one column per "
             "distance d (patches; poster Fig. 3 with fine cells): for each layer's channel "
-            "with the highest calibration MI at distance 1, the histogram of y (the channel "
+            f"with the {FIGURE_PAIR} calibration MI at distance 1 (a typical neuron; "
+            "channels are ranked by the quantile-binned MI between the central neuron and "
+            "its four neighbours on the calibration images), the histogram of y (the channel "
             "at one patch) given x (the same channel d patches away), pooled over every "
             "pair of patches at that distance (translation pooling), every x column scaled "
             "to its maximum; axes in activation units. Cyan: E[y|x] and E[y|x] +- SD[y|x]; "
@@ -232,16 +234,16 @@ class BowtieAnalysis(Analysis):
             w = _layer_value(main, "layer_w", sub, near)
             rem = _layer_value(main, "layer_mi_remaining", sub, near)
             change = _mean(bif) - _mean(bi)
-            trend = ("stays at about" if abs(change) < 0.01 else
-                     "falls (the bowtie fades with distance) from" if change < 0 else
-                     "rises from")
+            trend = ("stays about the same," if abs(change) < 0.01 else
+                     "falls (the bowtie fades with distance)," if change < 0 else
+                     "rises,")
             out.append(
                 f"{_NAMES.get(sub, sub)}: the bowtie (variance dependence of neighbouring "
                 f"neurons) is strongest in layer {layers[top] + 1} (bowtie index "
                 f"{bi[top]:.2f}, 95 % CI {lo[top]:.2f} to {hi[top]:.2f}, at distance {near}; "
                 f"correlation {corr[top]:.2f}) and weakest in layer {layers[bottom] + 1} "
                 f"({bi[bottom]:.2f}); averaged over layers it {trend} {_mean(bi):.3f} at "
-                f"distance {near} to {_mean(bif):.3f} at distance {far}.")
+                f"distance {near} against {_mean(bif):.3f} at distance {far}.")
             if np.isfinite(w).any():
                 wlo = _layer_value(main, "layer_w_lo", sub, near)
                 n_pos = int(np.sum(wlo > 0))
