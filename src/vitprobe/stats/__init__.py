@@ -13,12 +13,14 @@ distributed (moments, kurtosis).
 * Accumulators (protocol :class:`vitprobe.record.accumulator.Accumulator`, constant
   memory in the number of images, exact merges, save/load): :class:`JointCounts`
   (central neuron vs. every position: MI against distance), :class:`NeuronMoments`,
-  :class:`NeuronHistograms`.
+  :class:`NeuronHistograms`, :class:`BowtieCounts` (fine bowtie histograms of selected
+  pairs; their conditional statistics in :mod:`vitprobe.stats.conditional`).
 * :class:`NeuronLayout` - the neuron geometry of a model; :func:`plan_passes` - the
   memory-budget planner.
 """
 
 from vitprobe.stats.binning import choose_bins, digitize, quantile_edges
+from vitprobe.stats.bowtie import BowtieCounts
 from vitprobe.stats.histograms import NeuronHistograms
 from vitprobe.stats.joint import JointCounts
 from vitprobe.stats.ksg import mutual_info_ksg
@@ -29,6 +31,7 @@ from vitprobe.stats.planning import MemoryEstimate, describe_plan, joint_memory,
 from vitprobe.stats.results import combine_results, open_results, save_results
 
 __all__ = [
+    "BowtieCounts",
     "JointCounts",
     "MemoryEstimate",
     "NeuronHistograms",

@@ -22,7 +22,7 @@ from vitprobe.stats._pebay import combine_moments
 #: the accumulators' own Pebay combination, compiled for scalars
 _combine_moments = njit(combine_moments)
 
-__all__ = ["digitize_rows", "histogram_update", "joint_update", "moments_update"]
+__all__ = ["bowtie_update", "digitize_rows", "histogram_update", "joint_update", "moments_update"]
 
 #: neurons per block of the binning loop: block edges (B-1 x 2048 float32, 120 kB at
 #: B = 16) stay in L2 while every image of the batch is binned against them
@@ -216,3 +216,57 @@ def moments_update(x: np.ndarray, n_prev: float, mean: np.ndarray, m2: np.ndarra
                 vmax[q] = hi[j]
             _, mean[q], m2[q], m3[q], m4[q] = _combine_moments(
                 (na, mean[q], m2[q], m3[q], m4[q]), (nb, s1[j], s2[j], s3[j], s4[j]))
+
+
+@njit
+def bowtie_update(ids: np.ndarray, fold: np.ndarray, same: np.ndarray,
+                  offsets_full: np.ndarray, offsets_half: np.ndarray, n_cols: int,
+                  central_q: np.ndarray, central_off: np.ndarray, centre: int, n_bins: int,
+                  counts: np.ndarray) -> None:
+    """Add one group's batch to the bowtie counts, in place.
+
+    Translation-pooled pairs are enumerated by their offset: for an offset
+    ``(dr, dc)`` every position ``p = (r, c)`` whose partner ``q = (r + dr, c + dc)`` lies
+    on the grid, rows then columns, so both bin ids are read sequentially and no
+    position table is needed. Central pairs: ``p`` = the centre, ``q`` every position.
+
+    Args:
+        ids: (b, 2K, P) uint8 linear bin ids (positions row-major, ``n_cols`` per row);
+            row ``2k`` holds pair ``k``'s x channel, row ``2k + 1`` its y channel.
+        fold: (b,) int64 fold of each image.
+        same: (K,) bool; pairs of one channel use ``offsets_half`` (one offset of each
+            ``+-`` pair: every unordered pair of positions once; the readout adds the
+            transpose), the others ``offsets_full``.
+        offsets_full, offsets_half: (n, 3) int64 rows ``(dr, dc, slot * B * B)``.
+        n_cols: grid columns.
+        central_q, central_off: (P,) int64 positions and slot offsets of the central
+            pairs.
+        centre: flat index of the central position.
+        n_bins: B.
+        counts: (F, K, S * B * B) int32 counts (flattened (S, B_x, B_y) per fold and pair).
+    """
+    b = ids.shape[0]
+    n_pairs = counts.shape[1]
+    n_pos = ids.shape[2]
+    n_rows = n_pos // n_cols
+    for i in range(b):
+        f = fold[i]
+        for k in range(n_pairs):
+            xi = ids[i, 2 * k]
+            yi = ids[i, 2 * k + 1]
+            c = counts[f, k]
+            offs = offsets_half if same[k] else offsets_full
+            for o in range(offs.shape[0]):
+                dr = offs[o, 0]
+                dc = offs[o, 1]
+                so = offs[o, 2]
+                delta = dr * n_cols + dc
+                c_lo = max(0, -dc)
+                c_hi = min(n_cols, n_cols - dc)
+                for r in range(max(0, -dr), min(n_rows, n_rows - dr)):
+                    p0 = r * n_cols
+                    for p in range(p0 + c_lo, p0 + c_hi):
+                        c[so + np.int64(xi[p]) * n_bins + np.int64(yi[p + delta])] += 1
+            base = np.int64(xi[centre]) * n_bins
+            for t in range(central_q.shape[0]):
+                c[central_off[t] + base + np.int64(yi[central_q[t]])] += 1
