@@ -120,8 +120,7 @@ class AngleAccumulator(Accumulator):
 
     Sites read (:attr:`sites`): ``blocks.{l}.{embedding}``, ``blocks.{l}.attn.q`` and
     ``blocks.{l}.attn.k`` of every followed layer. The logits and the softmax are formed
-    here, in buffers reused across layers and batches, with the recorder's operations
-    (identical values up to one rounding of the scale, none when it is a power of two).
+    here, in buffers reused across layers and batches, with the recorder's operations.
     A batch that also carries ``attn.scores`` and ``attn.pattern`` is read from those.
 
     Memory: the state is ``L V H K`` float64 plus ``L d`` for the mean token (kilobytes);
