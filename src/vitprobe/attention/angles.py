@@ -25,11 +25,20 @@ With ``counts_calibration=True`` the calibration images are counted too, so they
 forwarded once (:class:`~vitprobe.record.Accumulator`): the batches given to
 :meth:`AngleAccumulator.calibrate` are kept (references to the recorded embeddings,
 queries and keys) until the mean token is frozen, then counted. The mean token is learned
-from the first ``calibration_images`` images only (default 32), which bounds that memory:
+from the first ``calibration_images`` images only (default 64), which bounds that memory:
 per image ``L x 3 x T x d`` values in the model's dtype, 14.2 MB for DINOv2-S/14 in
 float32 (12 layers, 257 tokens, d = 384; its HF attention projects q and k separately)
 and 29 MB for a timm ViT-B/16 (whose q and k are views of the fused qkv output, which
-they keep alive), so 0.45 GB and 0.93 GB at 32 images (one default batch).
+they keep alive): 0.91 GB and 1.86 GB at 64 images (half that in bfloat16).
+
+How many images the mean token needs (offline DINOv2-S/14, 384 demo images in random
+order, centred variant, mean token from the first n images against n = 256): n = 64
+moves the per-head angle shift by at most 0.26 degrees and the logit-cosine correlation
+by 0.02 (n = 32: 0.59 degrees, 0.05). Which images matter far more than how many: the
+first 256 demo images in catalogue order are 8 of the 16 photos, and with their mean
+token the centred mean baseline angle over the layers spans 51-81 degrees, against 65-84
+with a random 256 (the same later images streamed). The calibration images must be a
+random sample of the set.
 """
 
 from __future__ import annotations
@@ -111,7 +120,7 @@ class AngleAccumulator(Accumulator):
         Where state and work live; default the device of the first batch.
     calibration_images
         Images whose selected tokens give the mean token: the first ones given to
-        :meth:`calibrate` (None: all of them). Default 32.
+        :meth:`calibrate` (None: all of them). Default 64 (see the module notes).
     counts_calibration
         Count the images given to :meth:`calibrate` too (the caller must not pass them to
         :meth:`update` again); the sums equal those of ``calibrate`` + ``end_calibration``
@@ -151,7 +160,7 @@ class AngleAccumulator(Accumulator):
         precision: str = "float32",
         attn_scale: float | None = None,
         device: str | torch.device | None = None,
-        calibration_images: int | None = 32,
+        calibration_images: int | None = 64,
         counts_calibration: bool = False,
     ) -> None:
         if embedding not in EMBEDDINGS:
