@@ -206,6 +206,7 @@ class JointCounts(Accumulator):
         self.null: list[torch.Tensor] = []  # (C_null, B_x, P, B_y) int32
         self.cross_counts: list[torch.Tensor] = []  # (H, K, B_x, B_y) int32
         self._ones: dict[torch.dtype, torch.Tensor] = {}
+        self._device_arrays: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         #: (G, P, C) float32 range of each neuron over the calibration reservoir
         self.vmin: torch.Tensor | None = None
         self.vmax: torch.Tensor | None = None
@@ -522,13 +523,13 @@ class JointCounts(Accumulator):
         ids = digitize(xf.reshape(b, p * c), self.edges[gi].reshape(nb - 1, p * c),
                        layout="col").view(b, p, c)
         cp = self.layout.centre_position
-        ht = torch.as_tensor(half, device=dev)
+        ht = self._on_device("half", half, dev)
         xc = ids[:, cp, :]
         base = ((ht[:, None] * c + torch.arange(c, device=dev)) * nb + xc) * (p * nb)
         flat = base[:, :, None] + torch.arange(p, device=dev) * nb + ids.transpose(1, 2)
         self._add(self.counts[gi], flat)
         if self.null_idx.size and b >= 2:
-            ni = torch.as_tensor(self.null_idx, device=dev)
+            ni = self._on_device("null_idx", self.null_idx, dev)
             cn = ni.numel()
             xs = xc.index_select(1, ni)
             ys = ids.index_select(2, ni).transpose(1, 2).roll(-1, dims=0)
@@ -536,12 +537,23 @@ class JointCounts(Accumulator):
                     + torch.arange(p, device=dev)) * nb + ys
             self._add(self.null[gi], flat)
         if self.cross.shape[0]:
-            cr = torch.as_tensor(self.cross, device=dev)
+            cr = self._on_device("cross", self.cross, dev)
             k = cr.shape[0]
             xk = xc.index_select(1, cr[:, 0])
             yk = ids[:, cr[:, 2], cr[:, 1]]
             flat = ((ht[:, None] * k + torch.arange(k, device=dev)) * nb + xk) * nb + yk
             self._add(self.cross_counts[gi], flat)
+
+    def _on_device(self, key: str, values: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``values`` as a tensor on ``device``, copied once per array rather than once per
+        group: each host-to-device copy from pageable memory synchronises the stream.
+        Keyed by the array's identity (a batch's ``half`` is one array for all groups;
+        groups of a batch are counted one after the other on accelerators)."""
+        held = self._device_arrays.get(key)
+        if held is None or held[0] is not values or held[1].device != device:
+            held = (values, torch.as_tensor(values, device=device))
+            self._device_arrays[key] = held
+        return held[1]
 
     def _add(self, counts: torch.Tensor, flat: torch.Tensor) -> None:
         """``counts.view(-1)[flat] += 1`` (repeated indices add up)."""
