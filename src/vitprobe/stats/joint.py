@@ -42,10 +42,13 @@ keeps the whole batches it is given (references to the recorded tensors, no copy
 every channel is studied: the reservoir is their first ``R`` images), and as soon as the
 reservoir is full it fixes the edges and counts the kept batches, group by group, freeing
 each group's batches once counted; later ``calibrate`` batches are counted at once. The
-peak is that of the two-pass path (the reservoir, then the counts) plus one batch and the
-counts of one group per thread: for DINOv2-S/14 (24 groups, 256 patches, 384 channels) at
-``R = 256`` and batch 32, 2.7 GB of kept activations (2.4 GB of reservoir; the two-pass
-path copied the same 2.4 GB), ViT-B/16 (196 patches, 768 channels) 4.2 GB (3.7 GB). Use
+peak is that of the two-pass path (the reservoir, then the counts) plus, when ``R`` is not
+a multiple of the batch, the rest of the last batch, and the counts of one group per
+thread. Kept activations at ``R = 256``, float32, all channels: DINOv2-S/14 (24 groups,
+257 tokens, 384 channels) 2.43 GB, ViT-B/16 (197 tokens, 768 channels) 3.72 GB; the
+two-pass path copied 2.42 GB and 3.70 GB into its reservoir. They are the recorded tensors
+themselves, so :class:`~vitprobe.stats.NeuronHistograms` counting its calibration too
+keeps the same memory, not a second copy. Use
 :func:`vitprobe.stats.planning.plan_passes` to split the (layer, sublayer) groups into
 passes that fit a memory budget.
 
