@@ -211,9 +211,8 @@ def attention_from_qk(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(q * scale) k^T`` and their softmax, written into reusable buffers.
 
-    As :class:`vitprobe.record.Recorder` forms them, except that the scale multiplies the
-    (small) queries rather than the (B, H, T, T) logits: bit-identical when the scale is
-    a power of two (d_head = 64, 16, ...), else within a rounding. Every tensor lives in
+    As :class:`vitprobe.record.Recorder` forms them (the scale multiplies the small
+    queries, not the (B, H, T, T) logits, as eager timm attention does). Every tensor lives in
     ``scratch`` (q, k: (B, H, T, d_head); returns (B, H, T, T) logits and attention).
     ``softmax=False`` returns the logits and None (the compiled sums form the softmax).
     """

@@ -6,6 +6,7 @@ from vitprobe.record.accumulator import (
     nonfinite_rows,
     resolve_threads,
     run_parallel,
+    torch_threads,
 )
 from vitprobe.record.recorder import Recorder
 from vitprobe.record.sites import SITE_KINDS, parse_site, resolve_sites, site_name
@@ -20,4 +21,5 @@ __all__ = [
     "resolve_threads",
     "run_parallel",
     "site_name",
+    "torch_threads",
 ]

@@ -49,11 +49,12 @@ Errors follow :mod:`vitprobe.errors`: :class:`~vitprobe.errors.NotCalibratedErro
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
@@ -63,7 +64,7 @@ import torch
 
 from vitprobe.errors import IncompatibleStateError
 
-__all__ = ["Accumulator", "nonfinite_rows", "resolve_threads", "run_parallel"]
+__all__ = ["Accumulator", "nonfinite_rows", "resolve_threads", "run_parallel", "torch_threads"]
 
 
 class Accumulator(ABC):
@@ -215,23 +216,33 @@ def run_parallel(fn: Callable[[int], None], n: int, threads: int) -> None:
         f.result()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch ops with ``n`` intra-op threads inside the block (restored after).
+    Process-wide: use it from the thread that drives the batch, not from workers."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def nonfinite_rows(t: torch.Tensor) -> torch.Tensor | None:
-    """The images of a batch that hold NaN or inf.
+    """None when every value of ``t`` is finite, else a (batch,) bool mask of the rows
+    (images) holding NaN or inf. One sum decides the common case (about 50x cheaper than
+    ``isfinite`` on every value): NaN and inf propagate into it, and activations never
+    come near overflowing a float32 sum.
 
-    Parameters
-    ----------
-    t : torch.Tensor
-        Floating-point tensor, batch first: (batch, ...).
-
-    Returns
-    -------
-    torch.Tensor or None
-        None when every value is finite, else a (batch,) bool mask of the rows holding
-        NaN or inf. One sum decides the common case (about 50x cheaper than
-        ``isfinite`` on every value): NaN and inf propagate into it, and activations
-        never come near overflowing a float32 sum.
-    """
+    On CPU the sum runs on one intra-op thread: it is memory-bound (about 0.5 ms for a
+    (32, 257, 384) float32 site), while a two-thread reduction waits at torch's barrier
+    for the other thread, which on a busy 2-core machine costs a scheduler slice: 34 ms
+    median against 0.8 ms measured side by side (60 sites are checked per batch)."""
     acc = torch.float64 if t.dtype == torch.float64 else torch.float32
-    if bool(torch.isfinite(t.sum(dtype=acc))):
-        return None
-    return ~torch.isfinite(t).flatten(1).all(1)
+    with torch_threads(1) if t.device.type == "cpu" else contextlib.nullcontext():
+        if bool(torch.isfinite(t.sum(dtype=acc))):
+            return None
+        return ~torch.isfinite(t).flatten(1).all(1)

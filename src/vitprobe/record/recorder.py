@@ -9,6 +9,7 @@ reads; none returns a value, so the model's outputs are unchanged bit for bit.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ class Recorder:
         self._cache: dict[str, torch.Tensor] = {}
         self._qkv: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
         self._handles: list[Any] = []
+        self._scratch: torch.Tensor | None = None
 
     # -- storing --------------------------------------------------------------
     def _store(self, name: str, tensor: torch.Tensor) -> None:
@@ -60,6 +62,15 @@ class Recorder:
         self._cache = {}
         self._qkv.clear()
         return cache
+
+    def _scores_buffer(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """A float32 (B, H, T_q, T_k) scratch for logits that are not recorded."""
+        shape = (*q.shape[:-1], k.shape[-2])
+        n = math.prod(shape)
+        buf = self._scratch
+        if buf is None or buf.device != q.device or buf.numel() < n:
+            buf = self._scratch = torch.empty(n, dtype=torch.float32, device=q.device)
+        return buf[:n].view(shape)
 
     # -- hooks ----------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -94,6 +105,7 @@ class Recorder:
         self._handles = []
         self._cache = {}
         self._qkv.clear()
+        self._scratch = None
 
     def _pre_hook(self, layer: int):
         name = site_name(layer, "resid_pre")
@@ -130,8 +142,14 @@ class Recorder:
                 held[kind] = tensor
                 if "q" in held and "k" in held:
                     q, k = held.pop("q"), held.pop("k")
-                    # float32 whatever the model ran in: patterns must be exact
-                    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+                    # float32 whatever the model ran in: patterns must be exact. The scale
+                    # multiplies the (small) queries, as eager timm attention and the angle
+                    # accumulator do, not the (B, H, T, T) logits: one pass over the logits
+                    # fewer. Logits that are not recorded go to a buffer reused by every
+                    # layer and batch (a fresh one per layer costs page faults)
+                    out = None if "attn.scores" in kinds else self._scores_buffer(q, k)
+                    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2),
+                                          out=out)
                     if "attn.scores" in kinds:
                         self._store(site_name(layer, "attn.scores"), scores)
                     if "attn.pattern" in kinds:

@@ -21,10 +21,11 @@ With ``counts_calibration=True`` the calibration images are counted too (one for
 pass instead of two, :class:`~vitprobe.record.Accumulator`): the batches given to
 :meth:`NeuronHistograms.calibrate` are kept (references to the recorded tensors, no
 copy) until the standardisation is frozen, then counted. Memory: the kept batches, at
-most ``calibration_images`` images rounded up to a whole batch; for DINOv2-S/14 (24
-groups x 256 patches x 384 channels, float32) 9.4 MB per image, 2.4 GB at 256 images,
-the same tensors :class:`~vitprobe.stats.JointCounts` keeps for its reservoir (shared,
-not doubled, when both read the same batches); ViT-B/16 14.5 MB per image, 3.7 GB.
+most ``calibration_images`` images rounded up to a whole batch (all batches given when it
+is None); for DINOv2-S/14 (24 sites x 257 tokens x 384 channels, float32) 9.5 MB per
+image, 2.43 GB at 256 images, the same tensors :class:`~vitprobe.stats.JointCounts`
+keeps for its reservoir (shared, not doubled, when both read the same batches and have
+the same ``calibration_images``); ViT-B/16 14.5 MB per image, 3.72 GB.
 """
 
 from __future__ import annotations

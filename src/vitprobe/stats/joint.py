@@ -46,10 +46,13 @@ keeps the whole batches it is given (references to the recorded tensors, no copy
 every channel is studied: the reservoir is their first ``R`` images), and as soon as the
 reservoir is full it fixes the edges and counts the kept batches, group by group, freeing
 each group's batches once counted; later ``calibrate`` batches are counted at once. The
-peak is that of the two-pass path (the reservoir, then the counts) plus one batch and the
-counts of one group per thread: for DINOv2-S/14 (24 groups, 256 patches, 384 channels) at
-``R = 256`` and batch 32, 2.7 GB of kept activations (2.4 GB of reservoir; the two-pass
-path copied the same 2.4 GB), ViT-B/16 (196 patches, 768 channels) 4.2 GB (3.7 GB). Use
+peak is that of the two-pass path (the reservoir, then the counts) plus, when ``R`` is not
+a multiple of the batch, the rest of the last batch, and the counts of one group per
+thread. Kept activations at ``R = 256``, float32, all channels: DINOv2-S/14 (24 groups,
+257 tokens, 384 channels) 2.43 GB, ViT-B/16 (197 tokens, 768 channels) 3.72 GB; the
+two-pass path copied 2.42 GB and 3.70 GB into its reservoir. They are the recorded tensors
+themselves, so :class:`~vitprobe.stats.NeuronHistograms` counting its calibration too
+keeps the same memory, not a second copy. Use
 :func:`vitprobe.stats.planning.plan_passes` to split the (layer, sublayer) groups into
 passes that fit a memory budget.
 
@@ -216,6 +219,7 @@ class JointCounts(Accumulator):
         self.null: list[torch.Tensor] = []  # (C_null, B_x, P, B_y) int32
         self.cross_counts: list[torch.Tensor] = []  # (H, K, B_x, B_y) int32
         self._ones: dict[torch.dtype, torch.Tensor] = {}
+        self._device_arrays: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         #: (G, P, C) float32 range of each neuron over the calibration reservoir
         self.vmin: torch.Tensor | None = None
         self.vmax: torch.Tensor | None = None
@@ -534,13 +538,13 @@ class JointCounts(Accumulator):
         ids = digitize(xf.reshape(b, p * c), self.edges[gi].reshape(nb - 1, p * c),
                        layout="col").view(b, p, c)
         cp = self.layout.centre_position
-        ht = torch.as_tensor(half, device=dev)
+        ht = self._on_device("half", half, dev)
         xc = ids[:, cp, :]
         base = ((ht[:, None] * c + torch.arange(c, device=dev)) * nb + xc) * (p * nb)
         flat = base[:, :, None] + torch.arange(p, device=dev) * nb + ids.transpose(1, 2)
         self._add(self.counts[gi], flat)
         if self.null_idx.size and b >= 2:
-            ni = torch.as_tensor(self.null_idx, device=dev)
+            ni = self._on_device("null_idx", self.null_idx, dev)
             cn = ni.numel()
             xs = xc.index_select(1, ni)
             ys = ids.index_select(2, ni).transpose(1, 2).roll(-1, dims=0)
@@ -548,12 +552,23 @@ class JointCounts(Accumulator):
                     + torch.arange(p, device=dev)) * nb + ys
             self._add(self.null[gi], flat)
         if self.cross.shape[0]:
-            cr = torch.as_tensor(self.cross, device=dev)
+            cr = self._on_device("cross", self.cross, dev)
             k = cr.shape[0]
             xk = xc.index_select(1, cr[:, 0])
             yk = ids[:, cr[:, 2], cr[:, 1]]
             flat = ((ht[:, None] * k + torch.arange(k, device=dev)) * nb + xk) * nb + yk
             self._add(self.cross_counts[gi], flat)
+
+    def _on_device(self, key: str, values: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``values`` as a tensor on ``device``, copied once per array rather than once per
+        group: each host-to-device copy from pageable memory synchronises the stream.
+        Keyed by the array's identity (a batch's ``half`` is one array for all groups;
+        groups of a batch are counted one after the other on accelerators)."""
+        held = self._device_arrays.get(key)
+        if held is None or held[0] is not values or held[1].device != device:
+            held = (values, torch.as_tensor(values, device=device))
+            self._device_arrays[key] = held
+        return held[1]
 
     def _add(self, counts: torch.Tensor, flat: torch.Tensor) -> None:
         """``counts.view(-1)[flat] += 1`` (repeated indices add up)."""

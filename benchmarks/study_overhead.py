@@ -1,0 +1,151 @@
+"""The default study's cost: its counting pass per image over the plain forward, and the
+fixed costs (everything but the counting pass) as a share of the default run (issue 16).
+
+1. Counting pass: the accumulators of the default study (``StudyConfig()``: moments,
+   histograms, MI counts, angles) built by ``vitprobe.study.analyses`` and driven as the
+   runner drives a batch (recorder, forward under ``inference_mode``, non-finite check of
+   every recorded site, image indices, ``update`` of every accumulator), against the
+   plain forward of the same model on the same batch of demo images, in alternation
+   (A B A B ...), several rounds. Decoding is timed apart (the loader's workers do it
+   beside the forward). Target <= 1.2.
+2. Fixed costs: one default run, ``vitprobe.run_study()`` with the report, timed from
+   outside and from ``manifest.json`` ``timings_s`` (``load_s``, ``calibration_s``,
+   ``pass1_s``, ``results_s``, ``report_s``, ``total_s``): share = (wall - pass1_s) /
+   wall. Target <= 25 %.
+
+    python benchmarks/study_overhead.py [--batch 32] [--repeats 3] [--rounds 3]
+        [--skip-run | --only-run] [--n-images 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from vitprobe.study.analyses import build_accumulators, plan_passes
+
+import vitprobe
+from vitprobe.record import Recorder
+from vitprobe.stats._common import nonfinite_rows
+from vitprobe.stats.joint import IMAGE_INDEX
+from vitprobe.study.config import StudyConfig
+
+
+def counting_pass(args) -> None:
+    from vitprobe.data import make_loader, open_images
+
+    cfg = StudyConfig(batch_size=args.batch)
+    model = vitprobe.load_model(cfg.model)
+    passes = plan_passes(model, cfg)
+    accs = build_accumulators(model, cfg, passes, 0)
+    sites = sorted({s for acc in accs.values() for s in acc.sites})
+    source = open_images(cfg.images, n_images=cfg.n_images, seed=cfg.seed)
+    loader = make_loader(source, model.preprocess, batch_size=args.batch, workers=0,
+                         patch_size=model.patch_size)
+    batches, t0 = [], time.perf_counter()
+    for batch in loader:  # two batches: one to calibrate, one to time
+        batches.append(batch)
+        if len(batches) == 2:
+            break
+    decode_s = (time.perf_counter() - t0) / sum(len(b["ids"]) for b in batches)
+    recorder = Recorder(model, sites)
+
+    def run_batch(pixels: torch.Tensor, consume) -> None:
+        with recorder:
+            with torch.inference_mode():
+                model.adapter.forward(pixels)
+            cache = recorder.pop()
+            for t in cache.values():  # the runner's check of every recorded site
+                if t.is_floating_point():
+                    nonfinite_rows(t)
+            cache[IMAGE_INDEX] = torch.arange(pixels.shape[0])
+            for acc in accs.values():
+                consume(acc, cache)
+
+    t0 = time.perf_counter()
+    run_batch(batches[0]["pixels"], lambda acc, c: acc.calibrate(c) if acc.needs_calibration
+              else acc.update(c))
+    for acc in accs.values():
+        if acc.needs_calibration:
+            acc.end_calibration()
+    calib_s = time.perf_counter() - t0
+    pixels = batches[1]["pixels"]
+
+    def plain() -> None:
+        with torch.inference_mode():
+            model.adapter.forward(pixels)
+
+    def counting() -> None:
+        run_batch(pixels, lambda acc, c: acc.update(c))
+
+    one_pass = ", ".join(k for k, a in accs.items() if getattr(a, "counts_calibration", False))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.model}, "
+          f"batch {args.batch} of demo images; accumulators: "
+          + ", ".join(f"{k} ({type(a).__name__})" for k, a in accs.items())
+          + f"; {len(sites)} sites; one-pass calibration: {one_pass or 'none'}")
+    plain(), counting()  # warm-up (numba's first calls)
+    ratios, plain_s = [], []
+    for _ in range(args.rounds):
+        times: dict[str, list[float]] = {"plain": [], "counting": []}
+        for _ in range(args.repeats):
+            for name, fn in (("plain", plain), ("counting", counting)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        p, c = statistics.median(times["plain"]), statistics.median(times["counting"])
+        plain_s.append(p)
+        ratios.append(c / p)
+    per = 1e3 / args.batch
+    print(f"plain forward          {statistics.median(plain_s) * per:7.1f} ms per image")
+    print(f"counting pass / plain  {'  '.join(f'{r:.3f}' for r in ratios)}  (rounds; "
+          f"median {statistics.median(ratios):.3f}; target <= 1.2)")
+    print(f"decoding (one process) {decode_s * 1e3:7.1f} ms per image (the loader's workers, "
+          "beside the forward)")
+    print(f"first batch incl. calibration {calib_s:.1f} s")
+
+
+def default_run(args) -> None:
+    with tempfile.TemporaryDirectory(prefix="vitprobe-overhead-") as tmp:
+        out = Path(tmp) / "run"
+        t0 = time.perf_counter()
+        vitprobe.run_study(out=out, n_images=args.n_images, progress=False)
+        wall = time.perf_counter() - t0
+        timings = json.loads((out / "manifest.json").read_text()).get("timings_s", {})
+    pass_s = sum(v for k, v in timings.items() if k.startswith("pass"))
+    report = timings.get("report_s", wall - timings.get("total_s", wall))
+    print(f"\ndefault run ({args.n_images or 'default'} images): wall {wall:.1f} s; "
+          "manifest timings_s: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+          + ("" if "report_s" in timings else f"; report (wall - total_s) {report:.1f}"))
+    fixed = wall - pass_s
+    print(f"fixed costs (wall - counting passes) {fixed:.1f} s = {fixed / wall:.1%} of the "
+          "run (target <= 25 %)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="alternations per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n-images", type=int, default=None, help="images of the run")
+    parser.add_argument("--skip-run", action="store_true", help="counting pass only")
+    parser.add_argument("--only-run", action="store_true", help="the default run only")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.only_run:
+        counting_pass(args)
+    if not args.skip_run:
+        default_run(args)
+
+
+if __name__ == "__main__":
+    main()
