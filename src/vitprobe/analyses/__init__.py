@@ -23,6 +23,7 @@ __all__ = ["REGISTRY", "Analysis", "Context", "FigureSpec", "ReportSection", "an
 REGISTRY: dict[str, str] = {
     "moments": "vitprobe.analyses.moments",
     "mi": "vitprobe.analyses.mi",
+    "bowtie": "vitprobe.analyses.bowtie",
     "angles": "vitprobe.analyses.angles",
     "qk": "vitprobe.analyses.qk",
     "salience": "vitprobe.analyses.salience",

@@ -11,7 +11,7 @@ split run writes the same file as a single pass, count for count.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -26,7 +26,7 @@ from vitprobe.analyses.common import (
     sublayer_name,
 )
 from vitprobe.errors import ConfigurationError
-from vitprobe.schema import controls, main_model
+from vitprobe.schema import main_model
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -131,46 +131,6 @@ def _caption_mi(datasets: Datasets, manifest: dict) -> str:
     )
 
 
-def _draw_bowtie_rows(sublayer: str, of_control: bool) -> Callable[[Datasets], Figure]:
-    def draw(datasets: Datasets) -> Figure:
-        from vitprobe.plots.neurons import plot_bowtie_rows
-
-        ds = datasets["mi"]
-        model = next(iter(controls(ds))) if of_control else None
-        return plot_bowtie_rows(ds, sublayer, model=model)
-
-    return draw
-
-
-def _caption_bowtie_rows(sublayer: str) -> Callable[[Datasets, dict], str]:
-    def caption(datasets: Datasets, manifest: dict) -> str:
-        ds = datasets["mi"]
-        return (
-            f"Joint conditional statistics of a central {sublayer_name(sublayer)} neuron (x) and "
-            "a neuron of the same channel at growing distance (y), one row per layer (poster "
-            "Fig. 3). Each panel is a bowtie plot: the 2-D histogram of (x, y) with every x "
-            "column normalised to its maximum, i.e. p(y | x) up to scale, axes in activation "
-            "units. A widening of the column with |x| (a bowtie) is dependence in variance even "
-            f"where the correlation is zero. Model under study "
-            f"({main_model(ds)['model'].item()}), {n_images_text(manifest)}; "
-            f"{ds.attrs.get('bins', ds.sizes.get('bin_x', '?'))} equal-frequency bins per "
-            "neuron, the MI estimator's own (chosen so that cells hold enough images on "
-            "average: more images give finer bowties)."
-        )
-
-    return caption
-
-
-def _caption_bowtie_control(sublayer: str) -> Callable[[Datasets, dict], str]:
-    def caption(datasets: Datasets, manifest: dict) -> str:
-        name = next(iter(controls(datasets["mi"])))
-        return (f"The same bowtie rows as above for the {name} control "
-                f"({sublayer_name(sublayer)}), {n_images_text(manifest)}: what the "
-                "architecture alone does to the dependence between neighbouring neurons.")
-
-    return caption
-
-
 def _findings(ds: xr.Dataset) -> list[str]:
     main = main_model(ds)
     curve = main["mi_vs_distance"]  # (layer, sublayer, distance)
@@ -227,16 +187,6 @@ class MIAnalysis(Analysis):
     figures: ClassVar[tuple[FigureSpec, ...]] = (
         FigureSpec("stats", "mi_vs_distance", "Mutual information against distance", ("mi",),
                    _draw_mi, _caption_mi),
-        FigureSpec("stats", "bowties_attn", "Bowties at growing distance: MHA", ("mi",),
-                   _draw_bowtie_rows("attn", False), _caption_bowtie_rows("attn")),
-        FigureSpec("stats", "bowties_mlp", "Bowties at growing distance: MLP", ("mi",),
-                   _draw_bowtie_rows("mlp", False), _caption_bowtie_rows("mlp")),
-        FigureSpec("stats", "bowties_attn_control", "Bowties of the control: MHA", ("mi",),
-                   _draw_bowtie_rows("attn", True), _caption_bowtie_control("attn"),
-                   control_only=True),
-        FigureSpec("stats", "bowties_mlp_control", "Bowties of the control: MLP", ("mi",),
-                   _draw_bowtie_rows("mlp", True), _caption_bowtie_control("mlp"),
-                   control_only=True),
     )
 
     def __init__(self) -> None:

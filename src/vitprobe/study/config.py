@@ -14,7 +14,7 @@ from vitprobe.errors import ConfigurationError
 from vitprobe.schema import CONTROLS, RANDOM_INIT, TRAINED
 
 #: analyses of a default run, in report order (see vitprobe.analyses.REGISTRY for all)
-DEFAULT_ANALYSES = ("moments", "mi", "angles", "qk")
+DEFAULT_ANALYSES = ("moments", "mi", "bowtie", "angles", "qk", "salience")
 DTYPES = ("float32", "bfloat16", "float16")
 #: settings that must not change between a run and its resumption
 _FINGERPRINT_KEYS = ("model", "images", "n_images", "seed", "analyses", "control", "batch_size",
