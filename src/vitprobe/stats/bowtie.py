@@ -61,18 +61,22 @@ import torch
 import xarray as xr
 
 from vitprobe._jit import jit_enabled
-from vitprobe.errors import ResultsError
-from vitprobe.record.accumulator import Accumulator
+from vitprobe.errors import (
+    AlreadyCalibratedError,
+    ConfigurationError,
+    InputShapeError,
+    InsufficientDataError,
+    NotCalibratedError,
+    ResultsError,
+)
+from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
 from vitprobe.stats._common import (
     LAYER_ATTRS,
     SUBLAYER_ATTRS,
-    check_same_config,
     group_axes,
     groups_attr,
     layout_attrs,
     patch_activations,
-    resolve_threads,
-    run_parallel,
 )
 from vitprobe.stats._kernels import bowtie_update
 from vitprobe.stats.conditional import MIN_COUNT, conditional_statistics, jackknife_interval
@@ -186,11 +190,11 @@ class BowtieCounts(Accumulator):
                  folds: int = 8, seed: int = 0, threads: int | None = None,
                  device: str | torch.device | None = None) -> None:
         if not 3 <= bins <= 255:
-            raise ValueError(f"bins must be in [3, 255], got {bins}")
+            raise ConfigurationError(f"bins must be in [3, 255], got {bins}")
         if not 0.5 < range_quantile <= 1.0:
-            raise ValueError(f"range_quantile must be in (0.5, 1], got {range_quantile}")
+            raise ConfigurationError(f"range_quantile must be in (0.5, 1], got {range_quantile}")
         if folds < 2:
-            raise ValueError(f"folds must be at least 2, got {folds}")
+            raise ConfigurationError(f"folds must be at least 2, got {folds}")
         self.layout = layout
         self.groups = layout.check_groups(groups)
         self.sites = tuple(f"blocks.{layer}.{s}.out" for layer, s in self.groups)
@@ -200,14 +204,14 @@ class BowtieCounts(Accumulator):
         if pairs is not None:
             pa = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
             if pa.size == 0 or pa.min() < 0 or pa.max() >= layout.d_model:
-                raise ValueError(f"pairs must be channel indices below d_model="
+                raise ConfigurationError(f"pairs must be channel indices below d_model="
                                  f"{layout.d_model}, got {pa.tolist()}")
             self.fixed_pairs: np.ndarray | None = pa
             self.pair_kind = ["given"] * pa.shape[0]
         else:
             self.fixed_pairs = None
             if layout.d_model < 3 + self.n_random or (self.n_cross and layout.d_model < 2):
-                raise ValueError(f"d_model={layout.d_model} is too small for 3 ranked and "
+                raise ConfigurationError(f"d_model={layout.d_model} is too small for 3 ranked and "
                                  f"{self.n_random} random channels")
             self.pair_kind = (["highest", "median", "lowest"] + ["random"] * self.n_random
                               + ["cross"] * self.n_cross)
@@ -215,7 +219,7 @@ class BowtieCounts(Accumulator):
         pd = [0, 1, 2, 4, 8] if pooled_distances is None else [int(d) for d in
                                                                 pooled_distances]
         if any(d < 0 for d in pd) or len(set(pd)) != len(pd):
-            raise ValueError(f"pooled_distances must be distinct and >= 0, got {pd}")
+            raise ConfigurationError(f"pooled_distances must be distinct and >= 0, got {pd}")
         self.pooled_distances = [d for d in pd if d <= max_d]
         self.range_quantile = float(range_quantile)
         self.calibration_images = int(calibration_images)
@@ -269,7 +273,7 @@ class BowtieCounts(Accumulator):
     def calibrate(self, cache: Mapping[str, Any]) -> None:
         """Keep the batch's values at the calibration positions (every channel)."""
         if self.calibrated:
-            raise RuntimeError("already calibrated")
+            raise AlreadyCalibratedError("the ranges are already fixed (end_calibration)")
         room = self.calibration_images - self._res_n
         if room <= 0:
             return
@@ -286,7 +290,7 @@ class BowtieCounts(Accumulator):
     def end_calibration(self) -> None:
         """Rank the channels, choose the pairs, fix the ranges, allocate the counts."""
         if self._res_n < 2:
-            raise ValueError(f"calibration saw {self._res_n} images; need at least 2")
+            raise InsufficientDataError(f"calibration saw {self._res_n} images; need at least 2")
         g, c, k = len(self.groups), self.layout.d_model, self.n_pairs
         channel = np.zeros((g, k, 2), np.int64)
         centre = np.zeros((g, k, 2), np.float32)
@@ -343,13 +347,13 @@ class BowtieCounts(Accumulator):
         g, k = len(self.groups), self.n_pairs
         ch = np.asarray(channel, np.int64)
         if ch.shape != (g, k, 2):
-            raise ValueError(f"channel must have shape {(g, k, 2)}, got {ch.shape}")
+            raise InputShapeError(f"channel must have shape {(g, k, 2)}, got {ch.shape}")
         self.channel = ch
         self.same = ch[..., 0] == ch[..., 1]
         self.centre = np.asarray(centre, np.float32).reshape(g, k, 2).copy()
         self.half_range = np.asarray(half_range, np.float32).reshape(g, k, 2).copy()
         if not np.all(self.half_range > 0):
-            raise ValueError("half ranges must be positive")
+            raise ConfigurationError("half ranges must be positive")
         dev = self.device or torch.device("cpu")
         self.device = dev
         size = self.n_slots * self.bins * self.bins
@@ -376,13 +380,13 @@ class BowtieCounts(Accumulator):
 
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
-            raise RuntimeError("BowtieCounts needs calibrate() / end_calibration() first")
+            raise NotCalibratedError("BowtieCounts needs calibrate() / end_calibration() first")
         xs = [patch_activations(cache, self.layout, g) for g in self.groups]
         nb = xs[0].shape[0] if xs else 0
         if nb == 0:
             return
         if any(x.shape[0] != nb for x in xs):
-            raise ValueError("all sites of a batch must hold the same images")
+            raise InputShapeError("all sites of a batch must hold the same images")
         index = cache.get(IMAGE_INDEX)
         order = (np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
                  if index is not None else self.n + np.arange(nb))
@@ -449,16 +453,16 @@ class BowtieCounts(Accumulator):
                     pooling: str = "translation", fold: int | None = None) -> np.ndarray:
         """(B, B) int64 counts [bin_x, bin_y] of one pair at one rounded distance."""
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ConfigurationError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         gi = self.groups.index((layer, sublayer))
         if pooling == "translation":
             if distance not in self.pooled_distances:
-                raise ValueError(f"distance {distance} not pooled; pooled: "
+                raise ConfigurationError(f"distance {distance} not pooled; pooled: "
                                  f"{self.pooled_distances}")
             s = self.pooled_distances.index(distance)
         else:
             if not 0 <= distance < self.n_slots - len(self.pooled_distances):
-                raise ValueError(f"no central pairs at distance {distance} on a "
+                raise ConfigurationError(f"no central pairs at distance {distance} on a "
                                  f"{self.layout.grid} grid")
             s = len(self.pooled_distances) + int(distance)
         c = self.folded_counts(gi)[:, pair, s]
@@ -473,9 +477,9 @@ class BowtieCounts(Accumulator):
 
     # -- state ----------------------------------------------------------------------------
     def merge(self, other: Self) -> Self:
-        check_same_config(self, other)
+        self.check_mergeable(other)
         if not (self.calibrated and other.calibrated):
-            raise ValueError("merge calibrated accumulators only")
+            raise NotCalibratedError("merge calibrated accumulators only")
         assert other.channel is not None and other.centre is not None
         if not (np.array_equal(self.channel, other.channel)
                 and np.array_equal(self.centre, other.centre)
@@ -588,7 +592,7 @@ def bowtie_dataset(acc: BowtieCounts, *, statistics: bool = True,
     Same-channel pairs at distance 0 (a neuron against itself) get NaN statistics.
     """
     if not acc.calibrated:
-        raise ValueError("not calibrated")
+        raise NotCalibratedError("not calibrated")
     assert acc.channel is not None and acc.centre is not None and acc.half_range is not None
     layers, subs = group_axes(acc.groups)
     nl, ns, k, b, f = len(layers), len(subs), acc.n_pairs, acc.bins, acc.folds

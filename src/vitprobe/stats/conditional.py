@@ -77,6 +77,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.stats import t as student_t
 
+from vitprobe.errors import ConfigurationError, InputShapeError
+
 __all__ = [
     "ConditionalMoments",
     "bowtie_index",
@@ -116,24 +118,24 @@ def _check(counts: np.ndarray, x: np.ndarray, y: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = np.asarray(counts)
     if c.ndim < 2:
-        raise ValueError(f"counts must have shape (..., B_x, B_y), got {c.shape}")
+        raise InputShapeError(f"counts must have shape (..., B_x, B_y), got {c.shape}")
     if not np.issubdtype(c.dtype, np.integer):
         raise TypeError(f"counts must be integers, got {c.dtype}")
     if c.size and c.min() < 0:
-        raise ValueError("counts must be non-negative")
+        raise ConfigurationError("counts must be non-negative")
     bx, by = c.shape[-2:]
     xa = np.asarray(x, dtype=np.float64)
     ya = np.asarray(y, dtype=np.float64)
     if xa.shape[-1] != bx or ya.shape[-1] != by:
-        raise ValueError(f"bin centres have {xa.shape[-1]} and {ya.shape[-1]} values for "
+        raise InputShapeError(f"bin centres have {xa.shape[-1]} and {ya.shape[-1]} values for "
                          f"{bx} x {by} counts")
     if bx < 2 or by < 2:
-        raise ValueError("need at least 2 bins per axis")
+        raise InputShapeError("need at least 2 bins per axis")
     for name, a in (("x", xa), ("y", ya)):
         d = np.diff(a, axis=-1)
         if not np.all(np.isfinite(a)) or np.any(d <= 0) or not np.allclose(
                 d, d[..., :1], rtol=1e-4, atol=0):
-            raise ValueError(f"{name} bin centres must be finite, increasing and equally "
+            raise ConfigurationError(f"{name} bin centres must be finite, increasing and equally "
                              "spaced (linear bins)")
     return c.astype(np.float64), xa, ya
 
@@ -400,7 +402,7 @@ def normalized_mi(counts: np.ndarray, x: np.ndarray, y: np.ndarray, sigma2: np.n
     """
     c, xa, ya = _check(counts, x, y)
     if n_bins < 2:
-        raise ValueError(f"n_bins must be at least 2, got {n_bins}")
+        raise ConfigurationError(f"n_bins must be at least 2, got {n_bins}")
     return _normalized_mi(c, xa, ya, np.asarray(sigma2, np.float64),
                           np.asarray(w, np.float64), int(n_bins), sheppard)
 
@@ -487,7 +489,7 @@ def jackknife_interval(estimate: np.ndarray, replicates: np.ndarray, *, axis: in
     1.1547
     """
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise ConfigurationError(f"level must be in (0, 1), got {level}")
     r = np.moveaxis(np.asarray(replicates, np.float64), axis, 0)
     ok = np.isfinite(r)
     g = ok.sum(0)
