@@ -329,6 +329,18 @@ def test_too_few_images_for_calibration_is_a_clean_error(tmp_path):
     assert runfolder.status(tmp_path / "run") != "running"
 
 
+def _fill(path: Path, leave: int = 65536) -> None:
+    """Write ``path`` until the disk is full (the run keeps writing meanwhile), then give
+    back ``leave`` bytes: room for a manifest, not for a checkpoint or results."""
+    with open(path, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 2**20)
+        except OSError:
+            pass
+        handle.truncate(max(handle.tell() - leave, 0))
+
+
 def _mount_small_disk(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
@@ -353,9 +365,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() - t0 < 300
             time.sleep(0.02)
-        stat = os.statvfs(disk)
-        # fill the disk: later checkpoints and the results no longer fit
-        (disk / "ballast").write_bytes(b"\0" * max(stat.f_bavail * stat.f_frsize - 65536, 0))
+        _fill(disk / "ballast")  # later checkpoints and the results no longer fit
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 1, err
         assert "Traceback" not in err and "No space left" in err and "--resume" in err

@@ -19,8 +19,9 @@ from vitprobe.cli import main
 
 pytestmark = pytest.mark.slow
 
-#: every registered analysis's figures (the run below has a control: all are drawn)
-FIGURES = [spec for name in REGISTRY for spec in get_analysis(name).figures]
+#: the analyses of the run below, and their figures (it has a control: all are drawn)
+ANALYSES = ("moments", "mi", "angles", "qk")
+FIGURES = [spec for name in REGISTRY if name in ANALYSES for spec in get_analysis(name).figures]
 
 DOCUMENTED = {
     "moments": ["mean", "variance", "skewness", "excess_kurtosis", "jarque_bera"],
@@ -38,7 +39,8 @@ DOCUMENTED = {
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "run"
-    args = [a if a != "moments,mi,angles" else "moments,mi,angles,qk" for a in SMALL_RUN]
+    args = [a if a != "moments,mi,angles" else ",".join(ANALYSES) for a in SMALL_RUN]
+    # the later --control wins over SMALL_RUN's "--control none"
     proc = run(vitprobe_cmd("run", *args, "--control", "random-init", "--out", str(out)))
     return out, proc
 
@@ -69,9 +71,50 @@ def test_every_dataset_opens_with_documented_variables(finished):
         with xr.open_dataset(out / "results" / f"{name}.nc", engine="h5netcdf") as ds:
             missing = [v for v in variables if v not in ds]
             assert not missing, (name, missing)
+            assert ds[variables[0]].dims[0] == "model", name  # the schema: model first
             assert list(ds["model"].values) == ["trained", "random-init"], name
             assert ds.attrs["model_spec"] == "imgfocus-dinov2-s14"
-            assert np.isfinite(ds[variables[0]].values).any(), name
+            ds.load()
+        check_values[name](ds)
+
+
+def _moments(ds):
+    assert (ds["n"].values == 48).all() if "n" in ds else int(ds.attrs["n_images"]) == 48
+    assert np.isfinite(ds["mean"]).all() and (ds["variance"] > 0).all()
+    assert (ds["excess_kurtosis"] >= -2).all()  # a bound every distribution obeys
+    # the control is another model: its statistics differ
+    assert not np.allclose(ds["variance"].sel(model="trained"),
+                           ds["variance"].sel(model="random-init"))
+
+
+def _histograms(ds):
+    per_neuron = ds["histogram"].sum("bin")  # every image lands in one bin per neuron
+    assert (per_neuron == 48).all()
+
+
+def _mi(ds):
+    counts = ds["joint_counts"].sum(["bin_x", "bin_y"])
+    assert (counts == 48).all() and ds["joint_counts"].dtype.kind == "i"
+    assert np.isfinite(ds["mi"]).all() and np.isfinite(ds["mi_null_level"]).all()
+    near = ds["mi_vs_distance"].sel(distance=1)
+    assert (near > ds["mi_null_level"]).mean() > 0.5  # neighbours share information
+
+
+def _angles(ds):
+    for name in ("mean_angle_baseline", "mean_angle_attention"):
+        assert ((ds[name] >= 0) & (ds[name] <= 180)).all(), name
+    share = ds["share_attention_above_90"]
+    assert ((share >= 0) & (share <= 1)).all()
+
+
+def _qk(ds):
+    assert np.isfinite(ds["eig_sym"]).all() and (ds["singular_value"] >= 0).all()
+    assert ((ds["layer_symmetry"] >= -1) & (ds["layer_symmetry"] <= 1)).all()
+    assert ((ds["positive_share"] >= 0) & (ds["positive_share"] <= 1)).all()
+
+
+check_values = {"moments": _moments, "histograms": _histograms, "mi": _mi, "angles": _angles,
+                "qk": _qk}
 
 
 def test_report_embeds_every_figure_and_they_decode(finished):
