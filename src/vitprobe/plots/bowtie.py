@@ -146,7 +146,9 @@ def plot_bowtie_rows(ds: xr.Dataset, sublayer: str = "attn", *, pooling: str = "
         "all position pairs at distance d pooled"
     fig.supxlabel("x (activation)", fontsize=8)
     fig.supylabel("y at distance d (activation)", fontsize=8)
-    fig.suptitle(f"{SUBLAYER_TITLES.get(sublayer, sublayer)}: p(y | x), "
+    name = f" ({ds[MODEL_DIM].item()})" if MODEL_DIM in ds.coords and ds[MODEL_DIM].ndim == 0 \
+        else ""
+    fig.suptitle(f"{SUBLAYER_TITLES.get(sublayer, sublayer)}{name}: p(y | x), "
                  f"{_kind_text(pair_kind)}, {who}; columns scaled to their maximum",
                  fontsize=8.5)
     fig.tight_layout(rect=(0.02, 0.02, 1, 0.97))
