@@ -120,12 +120,16 @@ class AnglesAnalysis(Analysis):
         from vitprobe.attention import AngleAccumulator
 
         # the mean token comes from the first calibration images, which are counted too
-        return {"angles": AngleAccumulator.from_model(
+        acc = AngleAccumulator.from_model(
             model, counts_calibration=True,
             embedding=context.option("angles_embedding", "ln1"),
             include_prefix=bool(context.option("angles_include_prefix", False)),
             bins=int(context.option("angles_bins", 90)),
-            precision=context.option("angles_precision", "float32"))}
+            precision=context.option("angles_precision", "float32"))
+        # the study drops images with NaN or inf activations before any accumulator sees
+        # them (vitprobe.study.stream), so the accumulator's own check would repeat it
+        acc.check_finite = False
+        return {"angles": acc}
 
     def findings(self, datasets: Datasets) -> list[str]:
         """Layers where attention goes to more / less similar patches than all pairs, the
