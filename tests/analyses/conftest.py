@@ -26,7 +26,8 @@ def pixels(models):
 
 @pytest.fixture(scope="session")
 def results(models, pixels):
-    """Every registered analysis's files, main model and control."""
+    """The image and weight analyses' files (bowtie and salience have their own tests),
+    main model and control."""
     out = {}
     for name in ("moments", "mi", "angles", "qk"):
         out |= run_analysis(name, models, CONTEXT, pixels)

@@ -38,25 +38,30 @@ def run_analysis(name: str, models: Mapping[str, ProbedViT], context: Context,
     main = next(iter(models.values()))
     n_passes = analysis.plan(main, context)
     batches = batches_of(pixels, context.batch_size)
-    calibration = batches_of(pixels[:context.calibration_images], context.batch_size)
+    # as the study does: the first batches calibrate; accumulators that count their own
+    # calibration images take them then, and those batches are not streamed again
+    n_calib = -(-context.calibration_images // context.batch_size)
     per_model: dict[str, dict[str, list]] = {v: {} for v in models}
     for p in range(n_passes):
         for variant, model in models.items():
             accs = analysis.accumulators(model, context, p)
             if not accs:
                 continue
-            calib_sites = {s for a in accs.values() if a.needs_calibration
-                           for s in getattr(a, "calibration_sites", a.sites)}
-            if calib_sites:
-                for cache in _record(model, calibration, calib_sites):
+            sites = {s for a in accs.values() for s in a.sites}
+            needs = [a for a in accs.values() if a.needs_calibration]
+            counts_own = bool(needs) and all(a.counts_calibration for a in needs)
+            streamed = batches
+            if needs:
+                for cache in _record(model, batches[:n_calib], sites):
                     for a in accs.values():
                         if a.needs_calibration:
                             a.calibrate(cache)
-                for a in accs.values():
-                    if a.needs_calibration:
-                        a.end_calibration()
-            sites = {s for a in accs.values() for s in a.sites}
-            for cache in _record(model, batches, sites):
+                        elif counts_own:
+                            a.update(cache)
+                for a in needs:
+                    a.end_calibration()
+                streamed = batches[n_calib:] if counts_own else batches
+            for cache in _record(model, streamed, sites):
                 for a in accs.values():
                     a.update(cache)
             # the study rebuilds accumulators and loads their states at the end
@@ -78,6 +83,7 @@ def write_run_folder(out: Path, datasets: Mapping[str, xr.Dataset], *,
     for file, ds in datasets.items():
         save_dataset(ds.assign_attrs(analysis=file), out / "results" / f"{file}.nc")
     manifest = {
+        "vitprobe_results": 1,
         "status": "complete",
         "model": {"spec": "timm-vit", "family": "timm", "model_class": "VisionTransformer",
                   "n_layers": 2, "n_heads": 3, "d_model": 192, "grid": [4, 4],

@@ -17,14 +17,14 @@ from vitprobe.schema import MODEL_DIM, RANDOM_INIT, TRAINED, controls, main_mode
 from vitprobe.weights import analyze_qk
 
 
-def test_registry_holds_the_four_analyses_in_report_order() -> None:
-    assert analysis_names()[:4] == ("moments", "mi", "angles", "qk")
+def test_registry_holds_the_analyses_in_report_order() -> None:
+    assert analysis_names()[:6] == ("moments", "mi", "bowtie", "angles", "qk", "salience")
     for name in REGISTRY:
         a = get_analysis(name)
         assert isinstance(a, Analysis) and a.name == name and a.files and a.summary
         assert all(spec.needs and set(spec.needs) <= {*a.files, "qk"} for spec in a.figures)
-    assert [get_analysis(n).needs_images for n in ("moments", "mi", "angles", "qk")] == \
-        [True, True, True, False]
+    assert [get_analysis(n).needs_images for n in analysis_names()[:6]] == \
+        [True, True, True, True, False, False]
     with pytest.raises(VitprobeError, match="unknown analysis 'nope'"):
         get_analysis("nope")
 

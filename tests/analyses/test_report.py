@@ -38,13 +38,14 @@ def _copy(src, dst):
     return dst
 
 
-@pytest.mark.slow  # draws all 13 figures twice (about 25 s of CPU)
+@pytest.mark.slow  # draws all the run's figures twice (about 25 s of CPU)
 def test_parallel_figures_equal_serial(run_folder, tmp_path):
     serial = _copy(run_folder, tmp_path / "serial")
     parallel = _copy(run_folder, tmp_path / "parallel")
     page = build_report(serial, workers=1).read_text()
     assert main(["report", str(parallel), "--workers", "2"]) == 0
-    slugs = [s.slug for name in REGISTRY for s in get_analysis(name).figures]
+    ran = ("moments", "mi", "angles", "qk")  # the analyses of the run_folder fixture
+    slugs = [s.slug for name in REGISTRY if name in ran for s in get_analysis(name).figures]
     pngs = sorted(p.name for p in (serial / "figures").iterdir())
     assert pngs == sorted(f"{s}.png" for s in slugs)  # every figure, control ones too
     assert sorted(p.name for p in (parallel / "figures").iterdir()) == pngs
