@@ -19,8 +19,8 @@ COMMAND_MODULES = (
     "vitprobe.report.compare_command",  # compare
     "vitprobe.models.command",  # info, download
     "vitprobe.weights.command",  # qk
-    "vitprobe.attention.command",  # angles
-    "vitprobe.salience.command",  # salience
+    "vitprobe.study.angles_command",  # angles (a preset of run)
+    "vitprobe.study.salience_command",  # salience (a preset of run)
 )
 
 

@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "dinov2"
     run(vitprobe_cmd("run", "--model", "imgfocus-dinov2-s14", *TINY, "--control",
                      "random-init", "--out", str(out)))
-    run(vitprobe_cmd("report", str(out), "--no-pdf"))
+    run(vitprobe_cmd("report", str(out)))
     return out
 
 

@@ -186,7 +186,7 @@ def test_command_line(trained_run, random_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(vitprobe.models.registry, "load_model", no_model)
     monkeypatch.setattr(vitprobe.data, "open_images", no_model)
     out = tmp_path / "cli"
-    assert main(["compare", str(trained_run), str(random_run), "--out", str(out), "--no-pdf",
+    assert main(["compare", str(trained_run), str(random_run), "--out", str(out),
                  "--labels", "trained,random", "--no-explorer"]) == 0
     assert f"comparison: {out / 'comparison.html'}" in capsys.readouterr().out
     assert set(pd.read_csv(out / LAYERS_CSV)["model"]) == {"trained", "random"}

@@ -140,7 +140,7 @@ def test_search_aligns_tokens_and_leaves_the_rest_of_the_image():
 def test_command_parses_options():
     from vitprobe.cli import build_parser
     from vitprobe.errors import VitprobeError
-    from vitprobe.salience.command import _eigen_layers
+    from vitprobe.study.salience_command import _eigen_layers
 
     args = build_parser().parse_args(["salience", "--out", "x", "--no-control",
                                       "--eigen-layers", "1,6"])

@@ -45,6 +45,8 @@ def test_finished_run_is_not_overwritten_without_force(reference_run):
 def test_resume_with_other_settings_is_refused(tmp_path):
     from vitprobe.study import checkpoint
 
+    # an interrupted run's folder whose checkpoint holds other settings
+    (tmp_path / "manifest.json").write_text('{"vitprobe_results": 1, "status": "interrupted"}')
     checkpoint.save(tmp_path, checkpoint.Checkpoint(
         {}, {}, checkpoint.Progress(fingerprint="other", ids_sha256="")))
     from vitprobe.study import run_study

@@ -88,8 +88,9 @@ def _moments(ds):
 
 
 def _histograms(ds):
-    per_neuron = ds["histogram"].sum("bin")  # every image lands in one bin per neuron
-    assert (per_neuron == 48).all()
+    # every image and position lands in one bin per channel (16 x 16 patches)
+    per_channel = ds["histogram"].sum("bin")
+    assert (per_channel == 48 * 256).all()
 
 
 def _mi(ds):

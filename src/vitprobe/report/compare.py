@@ -174,12 +174,12 @@ def read_run(path: str | Path) -> Run:
         The folder has no manifest, the run did not finish (``status`` is not
         ``complete``), or it holds no results.
     """
-    from vitprobe.study import manifest as manifest_io
+    from vitprobe.runfolder import read_manifest
 
     path = Path(path)
     if not path.is_dir():
         raise ResultsError(f"{path} is not a folder; give run folders written by 'vitprobe run'")
-    manifest = manifest_io.read(path)
+    manifest = read_manifest(path)
     if manifest.get("status") != "complete":
         raise ResultsError(
             f"{path}: the run has status {manifest.get('status')!r}, not 'complete'; finish it "
@@ -698,7 +698,7 @@ def _csv_link(data: str, name: str) -> str:
             f"<code>{name}</code></a>")
 
 
-def write_comparison(comparison: Comparison, out: str | Path, *, pdf: bool = True,
+def write_comparison(comparison: Comparison, out: str | Path, *, pdf: bool = False,
                      explorer: bool = True) -> Path:
     """Write the comparison report: ``comparison.html``, the CSV tables and the figures.
 
@@ -796,7 +796,7 @@ table.meta th { text-align: left; padding-right: 12px; }
 
 def compare(runs: Sequence[str | Path], out: str | Path, *, labels: Sequence[str] | None = None,
             analyses: Sequence[str] | None = None, controls: bool = False,
-            allow_different_images: bool = False, pdf: bool = True,
+            allow_different_images: bool = False, pdf: bool = False,
             explorer: bool = True) -> Path:
     """Check runs and write their comparison report; see :func:`compare_runs` and
     :func:`write_comparison`. Returns the path of ``comparison.html``.

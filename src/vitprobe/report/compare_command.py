@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                    help="also draw each run's controls (random init), dashed")
     p.add_argument("--allow-different-images", action="store_true",
                    help="compare runs measured on different image sets (refused otherwise)")
-    p.add_argument("--no-pdf", action="store_true", help="PNG figures only")
+    p.add_argument("--pdf", action="store_true", help="PDF figures beside the PNGs")
     p.add_argument("--no-explorer", action="store_true",
                    help="leave the interactive explorer out of the page")
     p.set_defaults(func=run)
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     path = compare(args.runs, args.out, labels=_split(args.labels),
                    analyses=_split(args.analyses), controls=args.controls,
-                   allow_different_images=args.allow_different_images, pdf=not args.no_pdf,
+                   allow_different_images=args.allow_different_images, pdf=args.pdf,
                    explorer=not args.no_explorer)
     print(f"comparison: {path}")
     return 0

@@ -329,7 +329,8 @@ def _encode(value: Any) -> Any:
 
 
 def _asset(name: str) -> str:
-    return resources.files("vitprobe.report").joinpath("assets", name).read_text("utf-8")
+    # the assets ship inside this package (package-data)
+    return resources.files(__package__).joinpath("assets", name).read_text("utf-8")
 
 
 def explorer_html_models(models: Sequence[dict[str, Any]]) -> str:

@@ -1,5 +1,8 @@
 """``vitprobe angles``: attention against the angle between patch embeddings.
 
+It lives beside the study it presets (not in :mod:`vitprobe.attention`, which the
+study's analyses import).
+
 A preset of ``vitprobe run`` (:func:`vitprobe.study.run_study`) with the ``angles`` and
 ``qk`` analyses: the same seeded processing order, calibration, streaming, checkpoints,
 results files and report as the whole study.
