@@ -276,6 +276,26 @@ def test_no_n_images_sizes_the_counts_from_the_real_number_of_images(tmp_path):
     assert result.n_images == 12
 
 
+def test_every_image_is_counted_once_by_every_analysis(tmp_path):
+    """MI and histograms count their calibration images themselves, the bowtie counts
+    need them streamed again: each accumulator still sees every image exactly once."""
+    import xarray as xr
+
+    result = run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                       images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
+                       calibration_images=8, analyses=("moments", "mi", "bowtie"),
+                       mi_channels=8, mi_bins=4, out=tmp_path / "run", report=False)
+    assert result.n_images == 24
+    results = tmp_path / "run" / "results"
+    mi = xr.load_dataset(results / "mi.nc", engine="h5netcdf")
+    assert (mi["joint_counts"].sum(["bin_x", "bin_y"]) == 24).all()
+    hist = xr.load_dataset(results / "histograms.nc", engine="h5netcdf")
+    assert (hist["histogram"].sum("bin") == 24 * 196).all()
+    for name in ("moments", "bowtie"):
+        ds = xr.load_dataset(results / f"{name}.nc", engine="h5netcdf")
+        assert int(ds.attrs["n_images"]) == 24, name
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"mi_channels": 0}, "mi-channels must be >= 1"),
     ({"batch_size": 0}, "batch-size must be >= 1"),

@@ -325,6 +325,12 @@ class Study:
         # rank 0 holds the counts of chunks done before (calibration, an earlier session)
         mine_done = set(done) if world.is_main else set()
         loader = self._loader(mine)
+        # when only some calibrating accumulators count their own calibration images, the
+        # calibration chunks are streamed again for the others, and skipped by those
+        needs = [a for a in accs.values() if a.needs_calibration]
+        mixed = bool(needs) and not all(a.counts_calibration for a in needs)
+        calibration = set(plan.calibration) if mixed else set()
+        without_own = {k: a for k, a in accs.items() if not a.counts_calibration}
         n_remaining = sum(len(plan.chunk(i)) for i in remaining)
         # progress counts every image of the pass (those counted while calibrating or
         # before a resume included); rates and time left count this session's only
@@ -350,8 +356,10 @@ class Study:
                 batch = next(batches, None)
                 n = 0
                 if batch is not None:
-                    self.streamer.run_batch(recorders, accs, batch,
-                                            lambda acc, cache: acc.update(cache))
+                    chunk = id_chunk[batch["ids"][0]]
+                    self.streamer.run_batch(recorders,
+                                            without_own if chunk in calibration else accs,
+                                            batch, lambda acc, cache: acc.update(cache))
                     n = len(batch["ids"])
                     last = id_chunk[batch["ids"][-1]]
                     while pending and pending[0] <= last:
