@@ -13,7 +13,7 @@ import xarray as xr
 
 from vitprobe.report import explorer as ex
 from vitprobe.report.builder import open_results
-from vitprobe.study import manifest as manifest_io
+from vitprobe.runfolder import read_manifest
 
 
 def _slice(run, name: str, model: int = 0) -> xr.Dataset:
@@ -64,7 +64,7 @@ def test_neuron_curves_average_to_the_files_mi_vs_distance(trained_run):
 @pytest.mark.slow
 def test_embedded_data_equal_the_files(trained_run):
     datasets = open_results(trained_run)
-    manifest = manifest_io.read(trained_run)
+    manifest = read_manifest(trained_run)
     fragment = ex.explorer_html(datasets, manifest)
     payload = re.search(r'<script type="application/json" id="explorer-data">(.*?)</script>',
                         fragment, re.S).group(1)
@@ -119,5 +119,5 @@ def test_report_holds_the_explorer_offline(trained_run):
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "@media print { .explorer { display: none; } }" in page
     # size: the explorer's share of the page for this run (12 layers x 384 channels, control)
-    size = len(ex.explorer_html(open_results(trained_run), manifest_io.read(trained_run)))
+    size = len(ex.explorer_html(open_results(trained_run), read_manifest(trained_run)))
     assert size < 2_500_000, size
