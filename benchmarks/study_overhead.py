@@ -2,7 +2,7 @@
 fixed costs (everything but the counting pass) as a share of the default run (issue 16).
 
 1. Counting pass: the accumulators of the default study (``StudyConfig()``: moments,
-   histograms, MI counts, angles) built by ``vitprobe.study.analyses`` and driven as the
+   histograms, MI counts, angles) built by the analysis plug-ins (``vitprobe.analyses``) and driven as the
    runner drives a batch (recorder, forward under ``inference_mode``, non-finite check of
    every recorded site, image indices, ``update`` of every accumulator), against the
    plain forward of the same model on the same batch of demo images, in alternation
@@ -30,22 +30,30 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from vitprobe.study.analyses import build_accumulators, plan_passes
 
 import vitprobe
-from vitprobe.record import Recorder
-from vitprobe.stats._common import nonfinite_rows
+from vitprobe.record import Recorder, nonfinite_rows
 from vitprobe.stats.joint import IMAGE_INDEX
 from vitprobe.study.config import StudyConfig
 
 
 def counting_pass(args) -> None:
+    from vitprobe.analyses import Context, get_analysis
     from vitprobe.data import make_loader, open_images
 
     cfg = StudyConfig(batch_size=args.batch)
     model = vitprobe.load_model(cfg.model)
-    passes = plan_passes(model, cfg)
-    accs = build_accumulators(model, cfg, passes, 0)
+    # the default study's pass-1 accumulators, built as the study builds them
+    context = Context(n_images=cfg.n_images, calibration_images=cfg.calibration_images,
+                      batch_size=cfg.batch_size, seed=cfg.seed,
+                      memory_budget=cfg.memory_budget, options=cfg.analysis_options())
+    accs = {}
+    for name in cfg.analyses:
+        analysis = get_analysis(name)
+        if analysis.needs_images:
+            analysis.plan(model, context)
+            accs |= {f"{name}/{file}": acc
+                     for file, acc in analysis.accumulators(model, context, 0).items()}
     sites = sorted({s for acc in accs.values() for s in acc.sites})
     source = open_images(cfg.images, n_images=cfg.n_images, seed=cfg.seed)
     loader = make_loader(source, model.preprocess, batch_size=args.batch, workers=0,

@@ -1,9 +1,6 @@
 """Helpers shared by the neuron accumulators of :mod:`vitprobe.stats` (private to it):
-reading a cache, coordinates, attributes.
-
-``nonfinite_rows``, ``run_parallel`` and ``resolve_threads`` moved to
-:mod:`vitprobe.record.accumulator` (public: the attention accumulator and the study
-use them too); the names below are kept for older imports.
+reading a cache, coordinates, attributes. (The threading helpers and the non-finite
+check every accumulator shares are public in :mod:`vitprobe.record`.)
 """
 
 from __future__ import annotations
@@ -15,22 +12,18 @@ import numpy as np
 import torch
 
 from vitprobe.errors import InputShapeError, MissingSiteError
-from vitprobe.record.accumulator import nonfinite_rows, resolve_threads, run_parallel
 from vitprobe.stats.layout import Group, NeuronLayout, site_name
 
-__all__ = [  # the last three: aliases of vitprobe.record.accumulator's, for older imports
+__all__ = [
     "LAYER_ATTRS",
     "SUBLAYER_ATTRS",
     "as_float32_numpy",
     "group_axes",
     "groups_attr",
     "layout_attrs",
-    "nonfinite_rows",
     "parse_groups_attr",
     "patch_activations",
     "position_coords",
-    "resolve_threads",
-    "run_parallel",
 ]
 
 LAYER_ATTRS = {"long_name": "layer (0-based)",
