@@ -3,7 +3,8 @@ fixed costs (everything but the counting pass) as a share of the default run (is
 
 1. Counting pass: the accumulators of the default study (``StudyConfig()``: moments,
    histograms, MI counts, bowtie counts, angles) built by the analysis plug-ins
-   (``vitprobe.analyses``) and driven as the runner drives a batch (recorder, forward under ``inference_mode``, non-finite check of
+   (``vitprobe.analyses``) and driven as the runner drives a batch (recorder, forward
+   under ``inference_mode``, non-finite check of
    every recorded site, image indices, ``update`` of every accumulator), against the
    plain forward of the same model on the same batch of demo images, in alternation
    (A B A B ...), several rounds. Decoding is timed apart (the loader's workers do it
