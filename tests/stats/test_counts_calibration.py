@@ -146,3 +146,25 @@ def test_histograms_per_position_and_calibration_state(small_layout) -> None:
     pending.calibrate(cal[0])
     with pytest.raises(RuntimeError, match="end_calibration"):
         pending.state_dict()
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("calibration_images", [20, 63, 1000])
+def test_bowtie_one_pass_equals_two(small_layout, jit, indexed, calibration_images) -> None:
+    from vitprobe.stats.bowtie import BowtieCounts
+
+    kw = dict(bins=5, n_random=1, n_cross=1, folds=3, calibration_images=calibration_images)
+    cal = _batches(small_layout, indexed=indexed)
+    data = _batches(small_layout, (7, 2), seed=5, indexed=indexed, start=63)
+    old = _two_pass(BowtieCounts(small_layout, **kw), cal, data)
+    new = _one_pass(BowtieCounts(small_layout, counts_calibration=True, **kw), cal, data)
+    _equal(old.state_dict(), new.state_dict())
+    assert new.n == 63 + 9 and new.calibration_n == min(63, calibration_images)
+    # the calibrated state starts another shard with nothing counted
+    other = BowtieCounts(small_layout, counts_calibration=True, **kw)
+    other.load_state_dict(new.calibration_state_dict())
+    assert other.n == 0 and all(int(c.sum()) == 0 for c in other.counts)
+    pending = BowtieCounts(small_layout, counts_calibration=True, **kw)
+    pending.calibrate(cal[0])
+    with pytest.raises(RuntimeError, match="end_calibration"):
+        pending.state_dict()

@@ -276,24 +276,36 @@ def test_no_n_images_sizes_the_counts_from_the_real_number_of_images(tmp_path):
     assert result.n_images == 12
 
 
-def test_every_image_is_counted_once_by_every_analysis(tmp_path):
-    """MI and histograms count their calibration images themselves, the bowtie counts
-    need them streamed again: each accumulator still sees every image exactly once."""
+def test_every_image_is_forwarded_and_counted_once_by_every_analysis(tmp_path):
+    """Every calibrating accumulator of these analyses counts its own calibration images
+    (issue 16: one pass where there were two): the model sees each image once, and each
+    accumulator still counts every image exactly once."""
     import xarray as xr
 
-    result = run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
-                       images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
-                       calibration_images=8, analyses=("moments", "mi", "bowtie"),
-                       mi_channels=8, mi_bins=4, out=tmp_path / "run", report=False)
-    assert result.n_images == 24
+    from vitprobe.models import load_model
+    from vitprobe.study.runner import Study
+
+    cfg = StudyConfig(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                      images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
+                      calibration_images=8, analyses=("moments", "mi", "bowtie", "angles"),
+                      mi_channels=8, mi_bins=4, out=tmp_path / "run")
+    model = load_model(cfg.model, pretrained=False, seed=cfg.seed)
+    seen: list[int] = []
+    model.adapter.blocks()[0].register_forward_hook(
+        lambda module, args, output: seen.append(int(args[0].shape[0])))
+    result = Study(cfg, progress=False, log=lambda msg: None,
+                   models={cfg.variants[0]: model}).run()
+    assert result.n_images == 24 and sum(seen) == 24
     results = tmp_path / "run" / "results"
     mi = xr.load_dataset(results / "mi.nc", engine="h5netcdf")
     assert (mi["joint_counts"].sum(["bin_x", "bin_y"]) == 24).all()
     hist = xr.load_dataset(results / "histograms.nc", engine="h5netcdf")
     assert (hist["histogram"].sum("bin") == 24 * 196).all()
-    for name in ("moments", "bowtie"):
+    for name in ("moments", "bowtie", "angles"):
         ds = xr.load_dataset(results / f"{name}.nc", engine="h5netcdf")
         assert int(ds.attrs["n_images"]) == 24, name
+    bowtie = xr.load_dataset(results / "bowtie.nc", engine="h5netcdf")
+    assert int(bowtie["counts"].isel(pair=0, distance=0).sum()) > 0
 
 
 @pytest.mark.parametrize(("options", "message"), [

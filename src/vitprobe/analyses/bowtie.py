@@ -195,7 +195,8 @@ class BowtieAnalysis(Analysis):
             n_random=int(context.option("bowtie_random", 2)),
             n_cross=int(context.option("bowtie_cross", 2)),
             folds=int(context.option("bowtie_folds", 8)),
-            calibration_images=int(context.calibration_images), seed=int(context.seed))}
+            calibration_images=int(context.calibration_images), seed=int(context.seed),
+            counts_calibration=True)}
 
     def results(self, finished: Mapping[str, Sequence[Accumulator]]) -> Datasets:
         """The counts with every conditional statistic, the normalization fit and the

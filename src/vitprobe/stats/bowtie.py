@@ -177,6 +177,11 @@ class BowtieCounts(Accumulator):
         CPU threads over the groups of a batch (default ``torch.get_num_threads()``).
     device : torch device, optional
         Where counts live (default: the first batch's device).
+    counts_calibration : bool
+        Count the images given to :meth:`calibrate` too (the caller must not pass them to
+        :meth:`update` again): the counts equal those of ``calibrate`` +
+        ``end_calibration`` + ``update`` on the same batches, in one forward pass. The
+        recorded tensors are kept until counted: do not modify them in place.
     """
 
     name = "bowtie"
@@ -188,7 +193,8 @@ class BowtieCounts(Accumulator):
                  pooled_distances: Sequence[int] | None = None,
                  range_quantile: float = 0.995, calibration_images: int = 256,
                  folds: int = 8, seed: int = 0, threads: int | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None,
+                 counts_calibration: bool = False) -> None:
         if not 3 <= bins <= 255:
             raise ConfigurationError(f"bins must be in [3, 255], got {bins}")
         if not 0.5 < range_quantile <= 1.0:
@@ -247,6 +253,10 @@ class BowtieCounts(Accumulator):
         self._cal_pos = _calibration_positions(layout)
         self._reservoir: list[list[torch.Tensor]] = [[] for _ in self.groups]
         self._res_n = 0
+        self.counts_calibration = bool(counts_calibration)
+        #: calibration batches still to be counted: (per-group activations, image order)
+        self._pending: list[tuple[list[torch.Tensor], np.ndarray]] = []
+        self._pending_n = 0
         self.calibration_n = 0
         self.n = 0
         #: (G, K, 2) channel of x and y of each pair; None before calibration
@@ -271,21 +281,28 @@ class BowtieCounts(Accumulator):
 
     # -- calibration ----------------------------------------------------------------------
     def calibrate(self, cache: Mapping[str, Any]) -> None:
-        """Keep the batch's values at the calibration positions (every channel)."""
+        """Keep the batch's values at the calibration positions (every channel), up to
+        ``calibration_images``; with ``counts_calibration`` keep the batch to be counted
+        (count it at once when the ranges are already fixed)."""
         if self.calibrated:
+            if self.counts_calibration:
+                self.update(cache)
+                return
             raise AlreadyCalibratedError("the ranges are already fixed (end_calibration)")
+        xs = [patch_activations(cache, self.layout, group) for group in self.groups]
+        nb = xs[0].shape[0] if xs else 0
+        if self.counts_calibration and nb:
+            self._pending.append((xs, self._image_order(cache, nb, self._pending_n)))
+            self._pending_n += nb
         room = self.calibration_images - self._res_n
         if room <= 0:
             return
-        nb = 0
         pos = torch.as_tensor(self._cal_pos)
-        for gi, group in enumerate(self.groups):
-            x = patch_activations(cache, self.layout, group)[:room]
+        for gi, x in enumerate(xs):
             if self.device is None:
                 self.device = x.device
-            nb = x.shape[0]
-            self._reservoir[gi].append(x.index_select(1, pos.to(x.device)).float().cpu())
-        self._res_n += nb
+            self._reservoir[gi].append(x[:room].index_select(1, pos.to(x.device)).float().cpu())
+        self._res_n += min(room, nb)
 
     def end_calibration(self) -> None:
         """Rank the channels, choose the pairs, fix the ranges, allocate the counts."""
@@ -318,6 +335,10 @@ class BowtieCounts(Accumulator):
         self._res_n = 0
         self.ranking_mi = ranking
         self.set_calibration(channel, centre, half)
+        pending, self._pending, self._pending_n = self._pending, [], 0
+        while pending:
+            xs, order = pending.pop(0)
+            self._count(xs, order)
 
     def _rank(self, res: np.ndarray, cp: int, near: list[int]) -> np.ndarray:
         """(C,) MI between the central neuron and its distance-1 neighbours, pooled."""
@@ -385,11 +406,21 @@ class BowtieCounts(Accumulator):
         nb = xs[0].shape[0] if xs else 0
         if nb == 0:
             return
+        self._count(xs, self._image_order(cache, nb, self.n))
+
+    @staticmethod
+    def _image_order(cache: Mapping[str, Any], nb: int, start: int) -> np.ndarray:
+        """(nb,) the images' places in the study's order (folds), else a running count."""
+        index = cache.get(IMAGE_INDEX)
+        if index is None:
+            return start + np.arange(nb)
+        return np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
+
+    def _count(self, xs: list[torch.Tensor], order: np.ndarray) -> None:
+        """Count one batch: ``xs`` per group (b, P, C), ``order`` (b,) image places."""
+        nb = xs[0].shape[0]
         if any(x.shape[0] != nb for x in xs):
             raise InputShapeError("all sites of a batch must hold the same images")
-        index = cache.get(IMAGE_INDEX)
-        order = (np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
-                 if index is not None else self.n + np.arange(nb))
         fold = (order % self.folds).astype(np.int64)
         dev = self.device
         assert dev is not None
@@ -495,6 +526,9 @@ class BowtieCounts(Accumulator):
         """``n``, ``calibration_n``; after calibration ``channel``, ``centre``,
         ``half_range``, ``ranking_mi`` and ``counts_{g}`` (F, K, S, B, B) int32; before it,
         ``reservoir_{g}``."""
+        if self._pending:
+            raise NotCalibratedError("BowtieCounts holds calibration batches still to be "
+                                     "counted: call end_calibration() before state_dict()")
         out: dict[str, np.ndarray] = {"n": np.asarray(self.n, np.int64),
                                       "calibration_n": np.asarray(self.calibration_n, np.int64)}
         if not self.calibrated:
@@ -513,8 +547,18 @@ class BowtieCounts(Accumulator):
             out[f"counts_{gi}"] = c.cpu().numpy().reshape(shape).copy()
         return out
 
+    def calibration_state_dict(self) -> dict[str, np.ndarray]:
+        """:meth:`state_dict` with the counts zeroed (``n = 0``): the fixed pairs and
+        ranges, for other shards to start from."""
+        state = self.state_dict()
+        for gi in range(len(self.counts)):
+            state[f"counts_{gi}"] = np.zeros_like(state[f"counts_{gi}"])
+        state["n"] = np.asarray(0, np.int64)
+        return state
+
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         self.calibration_n = int(state["calibration_n"])
+        self._pending, self._pending_n = [], 0
         if "channel" not in state:
             self.channel = self.centre = self.half_range = None
             self._reservoir = [[] for _ in self.groups]
