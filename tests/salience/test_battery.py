@@ -11,7 +11,12 @@ import torch
 from tests.models import zoo
 from vitprobe.analyses import Context, get_analysis
 from vitprobe.salience import measure_salience
-from vitprobe.salience.eigen import eigen_targets, normalised_tokens, search_patches
+from vitprobe.salience.eigen import (
+    eigen_targets,
+    normalised_tokens,
+    reachable_basis,
+    search_patches,
+)
 from vitprobe.schema import MODEL_DIM, RANDOM_INIT, TRAINED
 
 SMALL = {"salience_seeds": 3, "salience_levels": 3, "salience_cell": 1,
@@ -104,19 +109,76 @@ def test_eigen_targets_are_modes_of_the_folded_form():
                                @ (g[:, None] * model.W_K[1, 0].double().numpy()).T, atol=1e-10)
 
 
+def test_compressed_targets_are_modes_within_the_basis():
+    model = zoo.make("timm-vit")
+    rng = np.random.default_rng(3)
+    U = np.linalg.qr(rng.standard_normal((model.d_model, 7)))[0]  # a planted 7-dim subspace
+    t = eigen_targets(model, 1, basis=U)
+    full = eigen_targets(model, 1)
+    M = t["M"]
+    proj = U @ U.T
+    for h in range(model.n_heads):
+        Mc = U.T @ M[h] @ U  # the compressed form
+        S, X = 0.5 * (Mc + Mc.T), 0.5 * (Mc - Mc.T)
+        plus, minus, a, b = (t["query"][h, 0], t["query"][h, 1], t["query"][h, 2],
+                             t["key"][h, 2])
+        for v in (plus, minus, a, b, t["query"][h, 3], t["key"][h, 3]):
+            np.testing.assert_allclose(proj @ v, v, atol=1e-10)  # inside the subspace
+            assert np.linalg.norm(v) == pytest.approx(1.0)
+        np.testing.assert_allclose(S @ U.T @ plus, t["values"][h, 0] * U.T @ plus, atol=1e-8)
+        assert t["values"][h, 0] == pytest.approx(np.linalg.eigvalsh(S).max())
+        assert t["values"][h, 1] == pytest.approx(np.linalg.eigvalsh(S).min())
+        np.testing.assert_allclose(X @ U.T @ a, t["values"][h, 2] * U.T @ b, atol=1e-8)
+        assert t["values"][h, 2] == pytest.approx(np.abs(np.linalg.eigvals(X).imag).max())
+        np.testing.assert_allclose(t["full_values"][h], full["values"][h])
+        assert t["overlap"][h, 0] == pytest.approx(abs(plus @ full["query"][h, 0]))
+    assert (t["overlap"] <= 1 + 1e-9).all() and (t["overlap"] >= 0).all()
+    # the whole space as the basis gives the whole form's modes
+    np.testing.assert_allclose(eigen_targets(model, 1, basis=np.eye(model.d_model))["values"],
+                               full["values"], atol=1e-10)
+
+
+def test_reachable_basis_spans_what_a_patch_moves():
+    """Finite differences: a small change of the central patch moves its centred token
+    inside the (full-rank) basis; the basis is orthonormal and shrinks with the gain."""
+    torch.set_num_threads(1)
+    model = zoo.make("timm-vit")
+    rng = np.random.default_rng(0)
+    context = rng.uniform(0.2, 0.8, (*model.preprocess.input_size, 3)).astype(np.float32)
+    U = reachable_basis(model, 1, context, gain=1e-6)
+    np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-10)
+    assert reachable_basis(model, 1, context, gain=0.5).shape[1] < U.shape[1]
+    p, (rows, cols), pre = model.patch_size, model.grid, model.arch.n_prefix
+    r, c = rows // 2, cols // 2
+    moved = context.copy()
+    moved[r * p:(r + 1) * p, c * p:(c + 1) * p] += 1e-3 * rng.standard_normal((p, p, 3))
+    from vitprobe.data.transforms import normalize
+
+    site = "blocks.1.ln1"
+    _, cache = model.run_with_cache(normalize(np.stack([context, moved]), model.preprocess),
+                                    site)
+    x = normalised_tokens(model, cache[site].double(), 1)[:, pre:].numpy()
+    x = x - x.mean(1, keepdims=True)
+    dx = x[1, r * cols + c] - x[0, r * cols + c]
+    assert np.linalg.norm(dx - U @ (U.T @ dx)) < 1e-3 * np.linalg.norm(dx)
+    with pytest.raises(ValueError, match="gain"):
+        reachable_basis(model, 1, context, gain=0.0)
+
+
 @pytest.mark.slow
 def test_search_aligns_tokens_and_leaves_the_rest_of_the_image():
     torch.set_num_threads(1)
     model = zoo.make("timm-vit")
-    t = eigen_targets(model, 1)
     context = np.full((*model.preprocess.input_size, 3), 0.5, np.float32)
+    context[::2] = 0.4  # stripes: the image's patches differ from their mean
+    t = eigen_targets(model, 1, basis=reachable_basis(model, 1, context))
     q, k = t["query"][:, 0], t["key"][:, 0]
     before = search_patches(model, 1, q, k, context, steps=0)["cosine"]
-    found = search_patches(model, 1, q, k, context, steps=40)
-    assert found["cosine"].min() > 0.75 and found["cosine"].mean() > before.mean() + 0.3
+    found = search_patches(model, 1, q, k, context, steps=150)
+    assert found["cosine"].min() > 0.9 and found["cosine"].mean() > before.mean() + 0.3
     images, where, p = found["images"], found["where"], model.patch_size
     assert images.min() >= 0.0 and images.max() <= 1.0
-    changed = np.abs(images - 0.5).max(-1) > 0
+    changed = np.abs(images - context).max(-1) > 0
     mask = np.zeros_like(changed)
     for i, r1, c1, r2, c2 in where:
         mask[i, r1 * p:(r1 + 1) * p, c1 * p:(c1 + 1) * p] = True
@@ -126,13 +188,11 @@ def test_search_aligns_tokens_and_leaves_the_rest_of_the_image():
     from vitprobe.data.transforms import normalize
 
     _, cache = model.run_with_cache(normalize(images, model.preprocess), "blocks.1.ln1")
-    _, ref = model.run_with_cache(normalize(context[None], model.preprocess), "blocks.1.ln1")
-    x = normalised_tokens(model, cache["blocks.1.ln1"].double(), 1)
-    x0 = normalised_tokens(model, ref["blocks.1.ln1"].double(), 1)[0]
     pre, cols = model.arch.n_prefix, model.grid[1]
+    x = normalised_tokens(model, cache["blocks.1.ln1"].double(), 1)[:, pre:]
+    x = x - x.mean(1, keepdim=True)
     for n, (i, r1, c1, _, _) in enumerate(where):
-        tok = pre + r1 * cols + c1
-        cos = torch.nn.functional.cosine_similarity(x[i, tok] - x0[tok],
+        cos = torch.nn.functional.cosine_similarity(x[i, r1 * cols + c1],
                                                     torch.from_numpy(q[n]), dim=0)
         assert float(cos) == pytest.approx(found["cosine"][n, 0], abs=0.02)
 

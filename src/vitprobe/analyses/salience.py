@@ -81,10 +81,12 @@ def _caption_gallery(datasets: Datasets, manifest: dict) -> str:
     steps = ds.attrs.get("eigen_steps", "?")
     return (
         "Eigen-stimuli: patches optimised (pixels bounded in [0, 1], the rest of a demo photo "
-        f"fixed, {steps} Adam steps) so that the change they make to their normalised ln1 "
-        "token aligns with a mode of the head's LayerNorm-folded query-key form: the top "
-        "positive (sym+) and most negative (sym-) eigenvectors of M_sym, the leading plane of "
-        "M_asym (query b, key a: asym+), and random directions. Titles: cosines reached "
+        f"fixed, at most {steps} Adam steps) so that their normalised ln1 token minus the "
+        "image's mean patch token aligns with a mode of the head's LayerNorm-folded "
+        "query-key form within the subspace a patch's pixels can move its token in (the "
+        "whole form's top modes lie mostly outside it): the top positive (sym+) and most "
+        "negative (sym-) eigenvectors of M_sym, the leading plane of M_asym (query b, key a: "
+        "asym+), and random directions in the same subspace. Titles: cosines reached "
         "(query/key) and the attention from query to key relative to uniform. Bars: the "
         "measured logit minus the query's mean against the weight-level prediction "
         "x^ M^ y^T of the whole normalised tokens and dx^ M^ dy^T of the patches' aligned "
@@ -220,8 +222,14 @@ def salience_findings(ds: xr.Dataset) -> list[str]:
             reached = [int(h) + 1 for h in opt["head"].values
                        if float(cos.sel(head=h).min()) >= 0.9]
             adv = opt["eigen_logit_adv"].mean("head")
+            overlap = e["eigen_mode_overlap"]
             out.append(
-                f"Eigen-stimuli, layer {int(layer) + 1}: the optimised patches reach cosines "
+                f"Eigen-stimuli, layer {int(layer) + 1}: a patch's pixels move its token in a "
+                f"{int(e['eigen_reachable_rank'])}-dimensional subspace, which holds little of "
+                "the whole query-key form's top modes (|cosine| of the reachable modes with "
+                f"them: median {float(overlap.median()):.2f}, at most "
+                f"{float(overlap.max()):.2f}); the targets are the modes within it. "
+                f"The optimised patches reach cosines "
                 f"{float(cos.min()):.2f} to {float(cos.max()):.2f} (median "
                 f"{float(cos.median()):.2f}) with their modes; "
                 + (f"every target of heads {', '.join(map(str, reached))} reaches 0.9"

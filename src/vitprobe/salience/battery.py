@@ -57,7 +57,8 @@ class SalienceConfig:
         cost a forward and backward through every layer before them per step);
         ``()`` skips the experiment.
     eigen_steps : int
-        Adam steps of the eigen-stimulus search.
+        The most Adam steps of the eigen-stimulus search (it stops once every target
+        reaches a cosine of 0.95).
     eigen_images : int
         Demo photographs searched for best-aligned real patches.
     batch_size : int
@@ -72,7 +73,7 @@ class SalienceConfig:
     cell: int = 2
     surround_distances: tuple[int, ...] = (1, 2, 3)
     eigen_layers: tuple[int, ...] | None = None
-    eigen_steps: int = 100
+    eigen_steps: int = 300
     eigen_images: int = 8
     batch_size: int = 16
 

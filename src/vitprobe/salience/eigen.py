@@ -19,12 +19,30 @@ pair       query / key aligned with     weight-level prediction of x M y^T
            directions)
 =========  ===========================  ======================================
 
+**Reachable modes.** A patch cannot put its token anywhere: bounded pixels move the
+token only along the directions its patch embedding (and, deeper, the layers before l)
+gives gain to. On the trained DINOv2-S/14 the top modes of the whole d-dimensional form
+lie almost entirely outside those directions (cosine < 0.1 with the reachable ones in
+most heads of layer 1: a bounded patch reaches them with cosine 0.3-0.7 at best, which
+no optimiser changes). So the targets are the modes of the form *compressed* onto the
+reachable subspace ``U`` (:func:`reachable_basis`: the top left singular vectors of the
+Jacobian of a patch's token with respect to its own pixels, those with at least
+``gain`` times the largest singular value): the eigenvectors of ``U^T M_sym U`` and the
+leading plane of ``U^T M_asym U``, mapped back by ``U``. Their eigenvalues, the full
+form's, and the overlap of each reachable mode with the full one are saved beside them,
+so the report says how much of a head's strongest mode any patch can reach.
+
+Alignment is measured for the token's difference from the image's mean patch token (the
+part of a key that the softmax sees: a constant added to every key shifts all of a
+query's logits equally), the same reference for both routes.
+
 Two routes find such patches:
 
-* **optimised**: the pixels of the target patches (bounded in [0, 1] through a
-  sigmoid; the rest of a fixed context image untouched) are optimised with Adam to
-  maximise the cosine of their ``ln1`` tokens with the targets, by autograd through the
-  model's patch embedding and layers < l (the forward stops at ``ln1`` of layer l).
+* **optimised**: the pixels of the target patches (projected Adam, bounded in [0, 1];
+  the rest of a fixed context image untouched) are optimised to maximise the cosine of
+  their centred ``ln1`` tokens with the targets, by autograd through the model's patch
+  embedding and layers < l (the forward stops at ``ln1`` of layer l); the search stops
+  early once every cosine reaches ``stop_at``.
   Every target of every head of the layer sits in one image at its own slot (pairs two
   patches apart), so one forward and backward per step serves all heads; where the
   grid holds too few slots the targets spread over several images.
@@ -53,11 +71,9 @@ import torch
 import xarray as xr
 
 from vitprobe.data.transforms import normalize
-from vitprobe.errors import UnsupportedModelError
 from vitprobe.models import ProbedViT
-from vitprobe.weights import qk_spectra
 
-__all__ = ["PAIRS", "eigen_dataset", "eigen_targets", "search_patches"]
+__all__ = ["PAIRS", "eigen_dataset", "eigen_targets", "reachable_basis", "search_patches"]
 
 PAIRS = ("sym+", "sym-", "asym+", "asym-", "random")
 #: the image pairs optimised per head (asym+ and asym- share one pair of patches)
@@ -70,44 +86,123 @@ class _Stop(Exception):
     """Raised by the hook on ``ln1`` of the target layer: the rest of the forward is not needed."""
 
 
-def eigen_targets(model: ProbedViT, layer: int, seed: int = 0) -> dict[str, np.ndarray]:
+def eigen_targets(
+    model: ProbedViT, layer: int, seed: int = 0, basis: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Target directions (unit, d_model) for every head of ``layer``, in normalised-token space.
 
     The modes are those of the LayerNorm-folded form ``M^ = diag(g) W_Q W_K^T diag(g)``
     (:func:`vitprobe.weights.effective_factors` with ``fold_ln=True``), which acts on
     the normalised token ``x^ = (ln1(x) - beta) / g``: every ``ln1`` output is
-    ``g * x^ + beta`` with ``x^`` of mean 0 and norm sqrt(d), so the unfolded
-    eigenvectors (with their share along beta and the LN weight) are out of reach of any
-    patch, while those of ``M^`` are reachable, and ``x^ M^ y^^T`` is exactly the part of
-    the logit that depends on both tokens.
+    ``g * x^ + beta``, and ``x^ M^ y^^T`` is exactly the part of the logit that depends
+    on both tokens.
+
+    Parameters
+    ----------
+    basis : (d, k) array with orthonormal columns, optional
+        Compress the form onto this subspace first (``U^T M^ U``; see
+        :func:`reachable_basis`): the targets are then the modes within it. None: the
+        modes of the whole form.
 
     Returns
     -------
     dict
         ``query`` and ``key`` (H, 4, d): the targets of the searched pairs
-        (sym+, sym-, asym (query a, key b), random: the same two random directions for
-        every head); ``values`` (H, 3): mu+, mu- and lambda of the leading plane;
-        ``M`` (H, d, d) the folded forms (float64).
+        (sym+, sym-, asym (query a, key b), random: the same two random unit directions
+        in the subspace for every head); ``values`` (H, 3): mu+, mu- and lambda of the
+        leading plane of the (compressed) form; ``M`` (H, d, d) the folded forms
+        (float64); with a basis also ``full_values`` (H, 3), the same of the whole form,
+        and ``overlap`` (H, 3): |cosine| of each compressed mode with the whole form's
+        (for the plane: the norm of the projection of ``a`` onto the whole form's plane).
     """
     from vitprobe.weights import effective_factors, factors_from_probed
 
     folded = effective_factors(factors_from_probed(model), fold_ln=True)
     A, B = folded.A[layer], folded.B[layer]  # (H, d, r)
-    spec = qk_spectra(A, B, top_k=model.d_head)
     H, d = model.n_heads, model.d_model
-    vals, vecs = spec.sym_top_values, spec.sym_top_vectors  # (H, r), (H, r, d)
-    plus = vecs[np.arange(H), np.argmax(vals, axis=1)]
-    minus = vecs[np.arange(H), np.argmin(vals, axis=1)]
-    a, b = spec.asym_top_a[:, 0], spec.asym_top_b[:, 0]
+    U = np.eye(d) if basis is None else np.asarray(basis, dtype=np.float64)
+    if U.ndim != 2 or U.shape[0] != d:
+        raise ValueError(f"basis must be (d_model={d}, k), got {U.shape}")
+    modes = _modes(np.einsum("dk,hdr->hkr", U, A), np.einsum("dk,hdr->hkr", U, B))
+    plus, minus, a, b = (v @ U.T for v in modes["vectors"])  # (H, k) -> (H, d)
     rng = np.random.default_rng([seed, layer])
-    rand = rng.standard_normal((2, d))
-    rand -= rand.mean(axis=1, keepdims=True)  # normalised tokens have mean 0
+    rand = rng.standard_normal((2, U.shape[1])) @ U.T
+    if basis is None:
+        rand -= rand.mean(axis=1, keepdims=True)  # normalised tokens have mean 0
     rand /= np.linalg.norm(rand, axis=-1, keepdims=True)
     query = np.stack([plus, minus, a, np.broadcast_to(rand[0], (H, d))], axis=1)
     key = np.stack([plus, minus, b, np.broadcast_to(rand[1], (H, d))], axis=1)
-    values = np.stack([vals.max(1), vals.min(1), spec.asym_top_lambda[:, 0]], axis=1)
-    return {"query": query, "key": key, "values": values,
-            "M": np.einsum("hdr,her->hde", A, B)}
+    out = {"query": query, "key": key, "values": modes["values"],
+           "M": np.einsum("hdr,her->hde", A, B)}
+    if basis is not None:
+        full = _modes(A, B)
+        fp, fm, fa, fb = full["vectors"]
+        plane = np.sqrt(np.einsum("hd,hd->h", a, fa) ** 2 + np.einsum("hd,hd->h", a, fb) ** 2)
+        out["full_values"] = full["values"]
+        out["overlap"] = np.stack([np.abs(np.einsum("hd,hd->h", plus, fp)),
+                                   np.abs(np.einsum("hd,hd->h", minus, fm)), plane], axis=1)
+    return out
+
+
+def _modes(A: np.ndarray, B: np.ndarray) -> dict:
+    """Top sym+/sym- eigenvectors and the leading asym plane of ``M = A B^T`` per head.
+
+    Dense on the (k, k) form: eigh of ``M_sym``, and the top singular pair of ``M_asym``
+    (antisymmetric, so ``M_asym a = lambda b`` with ``a`` orthogonal to ``b``).
+    """
+    M = np.einsum("hkr,hjr->hkj", A, B)
+    sym = 0.5 * (M + M.transpose(0, 2, 1))
+    asym = 0.5 * (M - M.transpose(0, 2, 1))
+    vals, vecs = np.linalg.eigh(sym)  # ascending
+    u, sv, vt = np.linalg.svd(asym)
+    values = np.stack([vals[:, -1], vals[:, 0], sv[:, 0]], axis=1)
+    return {"vectors": (vecs[:, :, -1], vecs[:, :, 0], vt[:, 0], u[:, :, 0]), "values": values}
+
+
+def reachable_basis(model: ProbedViT, layer: int, context: np.ndarray, *,
+                    gain: float = 0.25) -> np.ndarray:
+    """The token directions a patch's own pixels can move its ``ln1`` token in, (d, k).
+
+    The Jacobian ``J`` (d x 3 p^2) of the normalised ``ln1`` token of the patch at the
+    centre of the grid, minus the image's mean patch token, with respect to that patch's
+    pixels (in [0, 1] units), at ``context``; the basis is its left singular vectors
+    whose singular value is at least ``gain`` times the largest (bounded pixels move the
+    token by at most about the singular value along each). One backward pass per
+    direction of ``d``: about 2 s for layer 1 and 30 s for layer 6 of a ViT-S on 2 CPU
+    cores.
+    """
+    if not 0.0 < gain <= 1.0:
+        raise ValueError(f"gain must be in (0, 1], got {gain}")
+    p, pre = model.patch_size, model.arch.n_prefix
+    rows, cols = model.grid
+    r, c = rows // 2, cols // 2
+    ctx = torch.from_numpy(np.asarray(context, dtype=np.float32))
+    patch = ctx[r * p:(r + 1) * p, c * p:(c + 1) * p].clone().requires_grad_(True)
+    with _frozen(model), torch.enable_grad():
+        image = _paste(ctx[None], patch[None], np.array([[0, r, c]]), p)
+        tokens = normalised_tokens(
+            model, _ln1_tokens(model, normalize(image, model.preprocess), layer), layer)[0]
+        x = tokens[pre + r * cols + c] - tokens[pre:].mean(0)
+        J = torch.stack([torch.autograd.grad(x[i], patch, retain_graph=i < len(x) - 1)[0]
+                         .reshape(-1) for i in range(len(x))])
+    U, S, _ = torch.linalg.svd(J.double(), full_matrices=False)
+    keep = int((S >= gain * S[0]).sum())
+    return U[:, :keep].numpy()
+
+
+class _frozen:
+    """Context manager: the model's parameters need no gradient inside (pixels only)."""
+
+    def __init__(self, model: ProbedViT) -> None:
+        self.params = [q for q in model.model.parameters() if q.requires_grad]
+
+    def __enter__(self) -> None:
+        for q in self.params:
+            q.requires_grad_(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for q in self.params:
+            q.requires_grad_(True)
 
 
 def normalised_tokens(model: ProbedViT, ln1: torch.Tensor, layer: int) -> torch.Tensor:
@@ -154,12 +249,16 @@ def search_patches(
     key: np.ndarray,
     context: np.ndarray,
     *,
-    steps: int = 60,
-    lr: float = 0.1,
+    steps: int = 300,
+    lr: float = 0.05,
+    stop_at: float | None = 0.95,
     seed: int = 0,
-    centred: bool = True,
 ) -> dict[str, np.ndarray]:
     """Optimise patch pixels so that their ``ln1`` tokens align with target directions.
+
+    The objective is the sum over patches of the cosine between the patch's normalised
+    ``ln1`` token minus its image's mean patch token and its target; projected Adam on the
+    pixels (clipped to [0, 1] after every step).
 
     Parameters
     ----------
@@ -171,7 +270,9 @@ def search_patches(
     context : (H, W, 3) float array in [0, 1]
         The fixed image the patches are pasted into.
     steps, lr : int, float
-        Adam steps and learning rate (on the pixels' logits).
+        The most Adam steps, and the learning rate (pixel units).
+    stop_at : float or None
+        Stop as soon as every cosine reaches this; None: run all ``steps``.
     seed : int
         Seeds the starting pixels (the context plus small noise).
 
@@ -180,15 +281,15 @@ def search_patches(
     dict
         ``images`` (n_images, H, W, 3) float32: the final stimuli; ``where`` (n_pairs,
         5) int: image index, query (row, col), key (row, col); ``cosine`` (n_pairs, 2)
-        float: signed cosine of the query and key tokens' change from the context's
-        tokens with their targets, in the final images; ``patches`` (n_pairs, 2, p, p, 3).
+        float: cosine of the query's and key's centred tokens with their targets, in the
+        final images; ``patches`` (n_pairs, 2, p, p, 3); ``steps`` (int): steps taken.
     """
     p = model.patch_size
     slots = _slots(model.grid)
     n_pairs = len(query)
     n_images = -(-n_pairs // len(slots))
     where = np.array([(i // len(slots), *slots[i % len(slots)][0], *slots[i % len(slots)][1])
-                      for i in range(n_pairs)], dtype=np.int64)
+                      for i in range(n_pairs)], dtype=np.int64).reshape(n_pairs, 5)
     # the patch rows/cols each optimised patch occupies, in pair order: query then key
     spots = np.concatenate([where[:, [0, 1, 2]], where[:, [0, 3, 4]]])  # (2n, 3)
     targets = torch.from_numpy(np.concatenate([query, key])).float()
@@ -196,68 +297,43 @@ def search_patches(
     ctx = torch.from_numpy(np.asarray(context, dtype=np.float32))
     start = torch.stack([ctx[r * p:(r + 1) * p, c * p:(c + 1) * p] for _, r, c in spots])
     g = torch.Generator().manual_seed(seed)
-    start = (start + 0.02 * torch.randn(start.shape, generator=g)).clamp(0.0, 1.0)
-    # pixels = sigmoid(logits): bounded in (0, 1) without clipping away the gradient
-    logits = torch.logit(start.clamp(0.02, 0.98)).requires_grad_(True)  # (2n, p, p, 3)
-
-    def patch_pixels() -> torch.Tensor:
-        return torch.sigmoid(logits)
-
+    pixels = (start + 0.02 * torch.randn(start.shape, generator=g)).clamp(0.0, 1.0)
+    pixels.requires_grad_(True)
     base = ctx.expand(n_images, *ctx.shape).clone()
-    with torch.no_grad():  # the context's own tokens at the patches' positions
-        ref = normalised_tokens(model, _ln1_tokens(model, normalize(base, model.preprocess),
-                                                   layer), layer)[spots[:, 0], token]
-    if not centred:
-        ref = torch.zeros_like(ref)
-    opt = torch.optim.Adam([logits], lr=lr)
-    params = [q for q in model.model.parameters() if q.requires_grad]
-    for q in params:
-        q.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                images = _paste(base, patch_pixels(), spots, p)
-                tokens = normalised_tokens(
-                    model, _ln1_tokens(model, normalize(images, model.preprocess), layer), layer)
-                x = tokens[spots[:, 0], token] - ref
-                cos = torch.nn.functional.cosine_similarity(x, targets, dim=-1)
-                loss = -cos.sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    finally:
-        for q in params:
-            q.requires_grad_(True)
+
+    def cosines(patch_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = _paste(base, patch_pixels, spots, p)
+        tokens = _centred_tokens(model, images, layer)
+        return images, torch.nn.functional.cosine_similarity(
+            tokens[spots[:, 0], token - model.arch.n_prefix], targets, dim=-1)
+
+    opt = torch.optim.Adam([pixels], lr=lr)
+    taken = 0
+    with _frozen(model), torch.enable_grad():
+        for taken in range(steps):  # noqa: B007 (the count is returned)
+            _, cos = cosines(pixels)
+            if stop_at is not None and float(cos.detach().min()) >= stop_at:
+                break
+            opt.zero_grad()
+            (-cos.sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                pixels.clamp_(0.0, 1.0)
+        else:
+            taken = steps
     with torch.no_grad():  # the cosines of the final images, not of the last step's
-        pixels = patch_pixels()
-        images = _paste(base, pixels, spots, p)
-        tokens = normalised_tokens(
-            model, _ln1_tokens(model, normalize(images, model.preprocess), layer), layer)
-        cos = torch.nn.functional.cosine_similarity(tokens[spots[:, 0], token] - ref, targets,
-                                                    dim=-1)
-    patches = pixels.numpy().reshape(2, n_pairs, p, p, 3).transpose(1, 0, 2, 3, 4)
-    return {"images": images.numpy(), "where": where,
-            "cosine": cos.detach().numpy().reshape(2, n_pairs).T, "patches": patches}
+        images, cos = cosines(pixels)
+    patches = pixels.detach().numpy().reshape(2, n_pairs, p, p, 3).transpose(1, 0, 2, 3, 4)
+    return {"images": images.numpy(), "where": where, "steps": taken,
+            "cosine": cos.numpy().reshape(2, n_pairs).T, "patches": patches}
 
 
-def patch_embedding(model: ProbedViT) -> torch.nn.Conv2d:
-    """The model's patch embedding: the Conv2d whose kernel and stride are the patch size."""
-    p = model.patch_size
-    for module in model.model.modules():
-        if (isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (p, p)
-                and tuple(module.stride) == (p, p)):
-            return module
-    raise UnsupportedModelError(f"{model.spec}: no Conv2d patch embedding of kernel {p}")
-
-
-def _embedding_pinv(model: ProbedViT) -> torch.Tensor:
-    """(d, p, p, 3): pixel change (in [0, 1] units) per unit of patch-embedding change."""
-    weight = patch_embedding(model).weight.detach().double()  # (d, 3, p, p) on normalised px
-    std = torch.tensor(model.preprocess.std, dtype=torch.float64)
-    d, _, p, _ = weight.shape
-    per_pixel = (weight / std[None, :, None, None]).reshape(d, -1)  # embedding per [0, 1] px
-    pinv = torch.linalg.pinv(per_pixel)  # (3 p p, d)
-    return pinv.T.reshape(d, 3, p, p).permute(0, 2, 3, 1).float().contiguous()
+def _centred_tokens(model: ProbedViT, images: torch.Tensor, layer: int) -> torch.Tensor:
+    """(N, P, d) normalised ``ln1`` patch tokens of ``layer`` minus each image's mean one."""
+    pre = model.arch.n_prefix
+    tokens = normalised_tokens(
+        model, _ln1_tokens(model, normalize(images, model.preprocess), layer), layer)[:, pre:]
+    return tokens - tokens.mean(1, keepdim=True)
 
 
 def _paste(base: torch.Tensor, pixels: torch.Tensor, spots: np.ndarray, p: int) -> torch.Tensor:
@@ -327,22 +403,35 @@ def eigen_dataset(
     model: ProbedViT,
     layers: tuple[int, ...],
     *,
-    steps: int = 100,
+    steps: int = 300,
     n_images: int = 8,
+    gain: float = 0.25,
     progress: Progress = None,
 ) -> xr.Dataset:
     """Eigen-stimuli of every head of ``layers`` by both routes, and their attention.
+
+    Parameters
+    ----------
+    layers : tuple of int
+        0-based layers whose heads get eigen-stimuli.
+    steps : int
+        The most Adam steps of the pixel search (it stops once every cosine is 0.95).
+    n_images : int
+        Demo photos of the real route (the first is the optimised route's context).
+    gain : float
+        :func:`reachable_basis`'s threshold: the subspace the targets are taken in.
 
     Returns
     -------
     xarray.Dataset
         Dims ``eigen_layer``, ``route`` (optimised, real), ``head``, ``pair``
         (:data:`PAIRS`), ``role`` (query, key), ``mode`` (mu+, mu-, lambda):
-        ``eigen_cosine`` (alignment reached; optimised: of the token's change from the
-        context's token, real: of the token minus the image's mean patch token),
-        ``eigen_logit``, ``eigen_logit_pred``, ``eigen_logit_adv``, ``eigen_attention``,
-        ``eigen_predicted_share`` (eigen_layer, route, head), ``eigen_value``,
-        ``eigen_patch`` (pixels of each pair's patches) and ``eigen_search_s``.
+        ``eigen_cosine`` (alignment reached: of the token minus its image's mean patch
+        token), ``eigen_logit``, ``eigen_logit_pred``, ``eigen_logit_adv``,
+        ``eigen_attention``, ``eigen_predicted_share`` (eigen_layer, route, head),
+        ``eigen_value`` and ``eigen_value_full`` (the reachable and the whole form's
+        modes), ``eigen_mode_overlap``, ``eigen_reachable_rank``, ``eigen_patch``
+        (pixels of each pair's patches), ``eigen_search_s`` and ``eigen_search_steps``.
     """
     H, p = model.n_heads, model.patch_size
     scale = float(model.arch.attn_scale)
@@ -355,23 +444,30 @@ def eigen_dataset(
     share = np.full((len(layers), 2, H), np.nan)
     corr = np.full((len(layers), 2, H), np.nan)
     values = np.full((len(layers), H, 3), np.nan)
+    full_values = np.full((len(layers), H, 3), np.nan)
+    overlap = np.full((len(layers), H, 3), np.nan)
+    rank = np.zeros(len(layers), dtype=np.int64)
+    search_steps = np.zeros(len(layers), dtype=np.int64)
     patches = np.full((len(layers), 2, H, len(_SEARCH), 2, p, p, 3), np.nan, dtype=np.float32)
     search_s = np.zeros(len(layers))
     cols = model.grid[1]
     for li, layer in enumerate(layers):
-        t = eigen_targets(model, layer)
-        values[li] = t["values"]
+        t0 = time.perf_counter()
+        basis = reachable_basis(model, layer, context, gain=gain)
+        t = eigen_targets(model, layer, basis=basis)
+        rank[li] = basis.shape[1]
+        values[li], full_values[li], overlap[li] = t["values"], t["full_values"], t["overlap"]
         M = torch.from_numpy(t["M"])
         # -- optimised: one pair per (head, sym+, sym-, asym), one random pair for all heads
         q = np.concatenate([t["query"][:, :3].reshape(-1, model.d_model), t["query"][:1, 3]])
         k = np.concatenate([t["key"][:, :3].reshape(-1, model.d_model), t["key"][:1, 3]])
-        t0 = time.perf_counter()
         found = search_patches(model, layer, q, k, context, steps=steps)
         search_s[li] = time.perf_counter() - t0
+        search_steps[li] = found["steps"]
         if progress is not None:
             progress(f"salience eigen-stimuli: layer {layer + 1} searched in {search_s[li]:.0f} s")
         rec = _record(model, found["images"], layer)
-        ref = _record(model, context[None], layer)["x"][0]
+        image_means = rec["x"].mean(1)  # (n_images, d): the reference of the cosines
         where = found["where"]
         for h in range(H):
             share[li, 0, h], corr[li, 0, h] = _predicted_share(rec, M[h], scale, h)
@@ -380,6 +476,7 @@ def eigen_dataset(
                 img, qi, ki = where[i, 0], where[i, 1] * cols + where[i, 2], \
                     where[i, 3] * cols + where[i, 4]
                 tq, tk = torch.from_numpy(q[i]), torch.from_numpy(k[i])
+                ref = image_means[img].expand_as(rec["x"][img])
                 cq = float(_cos(rec["x"][img, qi] - ref[qi], tq))
                 ck = float(_cos(rec["x"][img, ki] - ref[ki], tk))
                 patches[li, 0, h, j] = found["patches"][i]
@@ -445,16 +542,28 @@ def eigen_dataset(
                 "patch pairs"}),
             "eigen_value": (("eigen_layer", "head", "mode"), values, {
                 "long_name": "mu+, mu- of the folded M_sym and lambda of its leading "
-                "antisymmetric plane"}),
+                "antisymmetric plane, compressed onto the patch-reachable subspace"}),
+            "eigen_value_full": (("eigen_layer", "head", "mode"), full_values, {
+                "long_name": "mu+, mu- and lambda of the whole folded form"}),
+            "eigen_mode_overlap": (("eigen_layer", "head", "mode"), overlap, {
+                "long_name": "|cosine| of each reachable mode with the whole form's (plane: "
+                "norm of the projection of a onto the whole form's leading plane)"}),
+            "eigen_reachable_rank": (("eigen_layer",), rank, {
+                "long_name": "dimension of the patch-reachable subspace (Jacobian singular "
+                "values >= gain x the largest)"}),
             "eigen_patch": (("eigen_layer", "route", "head", "search_pair", "role", "patch_y",
                              "patch_x", "rgb"), patches, {"long_name": "patch pixels in [0, 1]"}),
             "eigen_search_s": (("eigen_layer",), search_s, {
-                "long_name": "time of the pixel search, all heads of the layer", "units": "s"}),
+                "long_name": "time of the reachable basis and the pixel search, all heads of "
+                "the layer", "units": "s"}),
+            "eigen_search_steps": (("eigen_layer",), search_steps, {
+                "long_name": "Adam steps the pixel search took"}),
         },
         coords={"eigen_layer": list(layers), "route": ["optimised", "real"],
                 "pair": list(PAIRS), "role": ["query", "key"], "mode": ["mu+", "mu-", "lambda"],
                 "search_pair": list(_SEARCH)},
     )
     ds.attrs["eigen_steps"] = steps
+    ds.attrs["eigen_gain"] = gain
     ds.attrs["eigen_images"] = n_images
     return ds
