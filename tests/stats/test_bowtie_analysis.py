@@ -16,11 +16,17 @@ from vitprobe.stats.joint import IMAGE_INDEX
 
 def stream(analysis: BowtieAnalysis, model, context: Context, calibration: list[torch.Tensor],
            batches: list[torch.Tensor]):
+    """As the study streams: the calibration batches come first in the image order and
+    are counted too (the plug-in's accumulator counts its own calibration images)."""
     acc = analysis.accumulators(model, context, 0)["bowtie"]
-    for px in calibration:
-        acc.calibrate(model.run_with_cache(px, sites=acc.sites)[1])
-    acc.end_calibration()
+    assert acc.counts_calibration
     start = 0
+    for px in calibration:
+        _, cache = model.run_with_cache(px, sites=acc.sites)
+        cache[IMAGE_INDEX] = torch.arange(start, start + px.shape[0])
+        start += px.shape[0]
+        acc.calibrate(cache)
+    acc.end_calibration()
     for px in batches:
         _, cache = model.run_with_cache(px, sites=acc.sites)
         cache[IMAGE_INDEX] = torch.arange(start, start + px.shape[0])
@@ -30,7 +36,7 @@ def stream(analysis: BowtieAnalysis, model, context: Context, calibration: list[
 
 
 def run_tiny(analysis: BowtieAnalysis, seed: int):
-    context = Context(n_images=24, calibration_images=16, seed=3)
+    context = Context(n_images=40, calibration_images=16, seed=3)
     model = make("timm-vit", seed=seed)  # 4 x 4 patches, 192 channels, 2 layers
     assert analysis.accumulators(model, context, 1) == {}
     acc = stream(analysis, model, context, [pixels(model, 16, seed=5)],
@@ -42,17 +48,17 @@ def test_plugin_on_a_tiny_model() -> None:
     analysis = ANALYSIS()
     assert analysis.name == "bowtie" and analysis.files == ("bowtie",)
     acc, main = run_tiny(analysis, 0)
-    assert main.attrs["n_images"] == 24 and main.attrs["analysis"] == "bowtie"
+    assert main.attrs["n_images"] == 40 and main.attrs["analysis"] == "bowtie"
     # every image adds one sample per central pair at each position of that distance,
     # and one per ordered pair of positions at the distance to the pooled counts
     lay = acc.layout
     for d in range(int(lay.distance_bin.max()) + 1):
         n_pos = int((lay.distance_bin == d).sum())
-        assert np.all(main.n_samples.sel(pooling="central", distance=d).values == 24 * n_pos)
+        assert np.all(main.n_samples.sel(pooling="central", distance=d).values == 40 * n_pos)
     rows, cols = lay.rows, lay.cols
     dist = np.rint(np.hypot(rows[:, None] - rows, cols[:, None] - cols))
     assert np.all(main.n_samples.sel(pooling="translation", distance=1).values
-                  == 24 * int((dist == 1).sum()))
+                  == 40 * int((dist == 1).sum()))
     for name in ("bowtie_index", "w", "correlation", "layer_w", "layer_bowtie_index_lo"):
         assert np.isfinite(main[name].sel(pooling="translation", distance=1)).any(), name
     # captions and findings read the stacked file (a copy stands in for the control)
@@ -63,7 +69,7 @@ def test_plugin_on_a_tiny_model() -> None:
                                        "bowtie_rows_mlp_control"}
     for spec in drawn:
         caption = spec.caption(ds, manifest)
-        assert "24 images" in caption and "bowtie.nc" in caption
+        assert "40 images" in caption and "bowtie.nc" in caption
     found = analysis.findings(ds)
     assert any("strongest in layer" in s for s in found)
     assert any(RANDOM_INIT in s for s in found)
@@ -93,7 +99,7 @@ def test_offline_model_shows_fine_bowties_at_512_demo_images() -> None:
     source = open_images("demo?crops=32", n_images=512, seed=0)
     batches = [b["pixels"] for b in make_loader(source, model.preprocess, batch_size=64)]
     context = Context(n_images=512, calibration_images=256, seed=0)
-    acc = stream(BowtieAnalysis(), model, context, batches[:4], batches)
+    acc = stream(BowtieAnalysis(), model, context, batches[:4], batches[4:])
     ds = acc.result()
     assert ds.attrs["n_images"] == 512
     top = ds.counts.sel(pooling="translation", distance=1, pair=0)

@@ -61,14 +61,16 @@ def plot_salience_curves(ds: xr.Dataset, *, jitter: float = 0.0,
                 else:
                     mean, lo, hi = (sub[f"salience_index{s}"].sel(source=source)
                                     for s in ("", "_lower", "_upper"))
+                # (layer, level) numpy once: per-line xarray selections cost more than drawing
+                mean, lo, hi = (v.transpose("layer", ...).values for v in (mean, lo, hi))
                 for layer in range(L):
                     if style.is_main:
-                        ax.plot(x, mean.isel(layer=layer), color=colors[layer], lw=1.4,
+                        ax.plot(x, mean[layer], color=colors[layer], lw=1.4,
                                 label=f"L{layer + 1}" if (i, j) == (0, 0) else None)
-                        ax.fill_between(x, lo.isel(layer=layer), hi.isel(layer=layer),
+                        ax.fill_between(x, lo[layer], hi[layer],
                                         color=colors[layer], alpha=0.12, lw=0)
                     else:
-                        ax.plot(x, mean.isel(layer=layer), color=style.color,
+                        ax.plot(x, mean[layer], color=style.color,
                                 ls=style.linestyle, lw=0.8, alpha=0.6,
                                 label=style.label if (i, j, layer) == (0, 0, 0) else None)
             ax.axhline(0.0, color="k", lw=0.6)

@@ -8,6 +8,7 @@ which combines passes exactly); model-only analyses compute theirs from the mode
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,14 +67,19 @@ def write_results(out: Path, datasets: Mapping[str, xr.Dataset],
 
 def collect(analyses: Mapping[str, Analysis], models: Mapping[str, ProbedViT],
             context: Context, states: Mapping[str, Mapping[str, np.ndarray]],
-            log: Callable[[str], None]) -> dict[str, xr.Dataset]:
-    """Every analysis's Datasets, by file name."""
+            log: Callable[[str], None],
+            timings: dict[str, float] | None = None) -> dict[str, xr.Dataset]:
+    """Every analysis's Datasets, by file name; ``timings`` (optional) gets each
+    analysis's seconds as ``results_s/<analysis>``."""
     out: dict[str, xr.Dataset] = {}
     for name, analysis in analyses.items():
+        t0 = time.perf_counter()
         if analysis.needs_images:
             produced = streaming_results(analysis, models, context, states)
         else:
             produced = analysis.run(models, context, log)
         for file, ds in produced.items():
             out[file] = ds.assign_attrs(analysis=name)
+        if timings is not None:
+            timings[f"results_s/{name}"] = time.perf_counter() - t0
     return out

@@ -222,8 +222,13 @@ class Study:
                 for batch in self._bar(loader, len(loader), "calibration", unit="batch"):
                     self.streamer.run_batch(recorders, accs, batch, consume)
             self.streamer.skipped += _skips(loader)
-            for acc in needs.values():
-                acc.end_calibration()
+            t1 = time.perf_counter()
+            for name, acc in needs.items():
+                t2 = time.perf_counter()
+                acc.end_calibration()  # edges, rankings; counts the kept calibration images
+                self.timings[f"end_calibration_s/{name}"] = time.perf_counter() - t2
+            self.timings["end_calibration_s"] = self.timings.get("end_calibration_s", 0.0) + (
+                time.perf_counter() - t1)
             self.timings["calibration_s"] = self.timings.get("calibration_s", 0.0) + (
                 time.perf_counter() - t0)
         # the calibrated state without counted images: where every rank (and a resume) starts
@@ -504,7 +509,8 @@ class Study:
         if not self.world.is_main:
             return result
         t0 = time.perf_counter()
-        datasets = collect(self.analyses, self.models, self.context, self.finished, self.log)
+        datasets = collect(self.analyses, self.models, self.context, self.finished, self.log,
+                           self.timings)
         self.timings["results_s"] = time.perf_counter() - t0
         attrs = self._common_attrs()
         result.datasets = write_results(self.out, datasets, attrs)
