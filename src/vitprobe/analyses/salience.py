@@ -221,7 +221,8 @@ def salience_findings(ds: xr.Dataset) -> list[str]:
             cos = opt["eigen_cosine"].sel(pair=["sym+", "sym-", "asym+"])
             reached = [int(h) + 1 for h in opt["head"].values
                        if float(cos.sel(head=h).min()) >= 0.9]
-            adv = opt["eigen_logit_adv"].mean("head")
+            # the median over heads: one head's logits can be ten times the others'
+            adv = opt["eigen_logit_adv"].median("head")
             overlap = e["eigen_mode_overlap"]
             out.append(
                 f"Eigen-stimuli, layer {int(layer) + 1}: a patch's pixels move its token in a "
@@ -235,11 +236,11 @@ def salience_findings(ds: xr.Dataset) -> list[str]:
                 + (f"every target of heads {', '.join(map(str, reached))} reaches 0.9"
                    if reached else "no head has all its targets at 0.9 or more")
                 + ". Logit over the "
-                f"query's mean, head average: sym+ {float(adv.sel(pair='sym+')):+.2f}, sym- "
+                f"query's mean, median over heads: sym+ {float(adv.sel(pair='sym+')):+.2f}, sym- "
                 f"{float(adv.sel(pair='sym-')):+.2f}, asym+ {float(adv.sel(pair='asym+')):+.2f}"
                 f", asym- {float(adv.sel(pair='asym-')):+.2f}, random "
                 f"{float(adv.sel(pair='random')):+.2f}; the aligned changes alone predict "
-                + ", ".join(f"{p} {float(opt['eigen_logit_pred_change'].sel(pair=p).mean()):+.2f}"
+                + ", ".join(f"{p} {float(opt['eigen_logit_pred_change'].sel(pair=p).median()):+.2f}"
                             for p in ("sym+", "sym-", "asym+", "asym-", "random"))
                 + ". The folded form x^ M^ y^T correlates "
                 f"{float(opt['eigen_predicted_corr'].min()):.2f} to "
