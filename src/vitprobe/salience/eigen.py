@@ -173,16 +173,14 @@ def reachable_basis(model: ProbedViT, layer: int, context: np.ndarray, *,
     """
     if not 0.0 < gain <= 1.0:
         raise ValueError(f"gain must be in (0, 1], got {gain}")
-    p, pre = model.patch_size, model.arch.n_prefix
+    p = model.patch_size
     rows, cols = model.grid
     r, c = rows // 2, cols // 2
     ctx = torch.from_numpy(np.asarray(context, dtype=np.float32))
     patch = ctx[r * p:(r + 1) * p, c * p:(c + 1) * p].clone().requires_grad_(True)
     with _frozen(model), torch.enable_grad():
         image = _paste(ctx[None], patch[None], np.array([[0, r, c]]), p)
-        tokens = normalised_tokens(
-            model, _ln1_tokens(model, normalize(image, model.preprocess), layer), layer)[0]
-        x = tokens[pre + r * cols + c] - tokens[pre:].mean(0)
+        x = _centred_tokens(model, image, layer)[0, r * cols + c]
         J = torch.stack([torch.autograd.grad(x[i], patch, retain_graph=i < len(x) - 1)[0]
                          .reshape(-1) for i in range(len(x))])
     U, S, _ = torch.linalg.svd(J.double(), full_matrices=False)
