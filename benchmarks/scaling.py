@@ -26,9 +26,17 @@ from pathlib import Path
 def study_args(args, out: Path) -> list[str]:
     return ["run", "--model", args.model, "--random-init", "--images", args.images,
             "--n-images", str(args.n_images), "--batch-size", str(args.batch_size),
-            "--calibration-images", str(args.batch_size), "--workers", str(args.workers),
+            "--calibration-images", str(args.batch_size), *workers_args(args),
             "--mi-channels", str(args.mi_channels), "--device", args.device,
             "--dtype", args.dtype, "--out", str(out), "--no-report"]
+
+
+def workers_args(args) -> list[str]:
+    """CPU: decode in each rank's main process (the ranks already share the cores); GPU:
+    the study's default (one worker per free core, pinned batches)."""
+    if args.workers is None:
+        return ["--workers", "0"] if args.device == "cpu" else []
+    return ["--workers", str(args.workers)]
 
 
 def timed_run(cmd: list[str], threads: int) -> float:
@@ -88,7 +96,9 @@ def main() -> None:
     parser.add_argument("--images", default="demo?crops=16")
     parser.add_argument("--n-images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes per rank (default: 0 on CPU, the "
+                             "study's default on a GPU)")
     parser.add_argument("--mi-channels", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

@@ -116,6 +116,7 @@ class ImageLoader:
         batch_size: int,
         workers: int,
         prefetch_factor: int = 2,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ImageSourceError(f"batch_size must be >= 1, got {batch_size}")
@@ -130,6 +131,7 @@ class ImageLoader:
             num_workers=self.workers,
             collate_fn=_Collate(preprocess),
             prefetch_factor=prefetch_factor if self.workers else None,
+            pin_memory=pin_memory,
         )
 
     def __len__(self) -> int:
@@ -162,6 +164,7 @@ def make_loader(
     workers: int = 0,
     patch_size: int | None = None,
     prefetch_factor: int = 2,
+    pin_memory: bool = False,
 ) -> ImageLoader:
     """Batches of model-ready pixels from ``source``.
 
@@ -173,6 +176,11 @@ def make_loader(
         workers: DataLoader worker processes (0: load in this process).
         patch_size: the model's patch side in pixels; stimuli are rendered for it
             and for ``preprocess.input_size`` (see ``vitprobe.data.stimulus_source``).
+        prefetch_factor: batches each worker prepares ahead.
+        pin_memory: put batches in page-locked memory (for a CUDA device: the copy
+            with ``non_blocking=True`` then overlaps the GPU's work);
+            :func:`vitprobe.resources.loader_settings` chooses it and ``workers`` from
+            the device.
 
     Returns:
         An :class:`ImageLoader`; after iterating, ``loader.skipped`` and
@@ -184,5 +192,6 @@ def make_loader(
         source = open_images(source)
     source = source.at_resolution(preprocess.input_size, patch_size)
     return ImageLoader(
-        source, preprocess, batch_size=batch_size, workers=workers, prefetch_factor=prefetch_factor
+        source, preprocess, batch_size=batch_size, workers=workers,
+        prefetch_factor=prefetch_factor, pin_memory=pin_memory,
     )

@@ -41,6 +41,7 @@ from vitprobe.cache import atomic_write
 from vitprobe.errors import ResultsError
 from vitprobe.report.explorer import explorer_html
 from vitprobe.report.html import RenderedFigure, render_page
+from vitprobe.resources import available_cpus
 from vitprobe.runfolder import FIGURES_DIR, REPORT, RESULTS_DIR, read_manifest
 from vitprobe.schema import MODEL_DIM, check_schema
 
@@ -203,13 +204,6 @@ def _draw_task(module: str, slug: str, paths: dict[str, str], png: str,
     return slug
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
@@ -259,7 +253,7 @@ def build_report(out: str | os.PathLike, *, pdf: bool = False,
         files.check()
         planned = _plan(files)
         fig_dir.mkdir(parents=True, exist_ok=True)
-        n_workers = _cpu_count() if workers is None else int(workers)
+        n_workers = available_cpus() if workers is None else int(workers)
         _draw_all(planned, files, fig_dir, pdf, n_workers)
         rendered = [
             RenderedFigure(

@@ -44,7 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="model compute dtype (statistics are accumulated in float32/64)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image decoding processes (default: 2 on CPU, one per free core "
+                        "on a GPU)")
     p.add_argument("--memory-budget", default="4GB",
                    help="memory for mutual-information counts per pass (more passes if needed)")
     p.add_argument("--calibration-images", type=int, default=256,

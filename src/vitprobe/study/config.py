@@ -63,7 +63,9 @@ class StudyConfig:
         device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` means each
             process's own GPU).
         dtype: the model's compute dtype (autocast); accumulators stay float32/64.
-        batch_size, workers: data loading.
+        batch_size: images per forward.
+        workers: image decoding processes; None: 2 on CPU, one per free core on a GPU
+            (:func:`vitprobe.resources.loader_settings`).
         memory_budget: bytes the mutual-information counts may take per pass.
         calibration_images: images (a random sample: the first of the seeded
             processing order) that fix bin edges, ranges and the mean token.
@@ -88,7 +90,7 @@ class StudyConfig:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 32
-    workers: int = 2
+    workers: int | None = None
     memory_budget: int | str = 4 * 1000**3
     calibration_images: int = 256
     checkpoint_every_s: float = 300.0
@@ -123,7 +125,7 @@ class StudyConfig:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name.replace('_', '-')} must be >= 1, "
                                          f"got {getattr(self, name)}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigurationError(f"workers must be >= 0, got {self.workers}")
         if self.n_images is not None and self.n_images < 1:
             raise ConfigurationError(f"n-images must be >= 1, got {self.n_images}")

@@ -35,6 +35,7 @@ from vitprobe import runfolder
 from vitprobe.analyses import Analysis, Context, get_analysis
 from vitprobe.errors import ConfigurationError, ResultsError, RunFolderError, VitprobeError
 from vitprobe.record import Accumulator
+from vitprobe.resources import loader_settings
 from vitprobe.schema import TRAINED
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
@@ -194,7 +195,8 @@ class Study:
         sub = self.source.take(self.plan.chunks(chunk_ids),
                                f"{len(chunk_ids)} of {self.plan.n_chunks} batches")
         return make_loader(sub, self.main.preprocess, batch_size=self.config.batch_size,
-                           workers=self.config.workers, patch_size=self.main.patch_size)
+                           patch_size=self.main.patch_size,
+                           **loader_settings(self.device, self.config.workers))
 
     # -- 3. calibrate -------------------------------------------------------------------------
     def _calibrate(self, accs: dict[str, Accumulator]) -> tuple[dict, set[int]]:
