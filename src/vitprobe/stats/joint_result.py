@@ -47,7 +47,7 @@ from vitprobe.stats._common import (
     layout_attrs,
     position_coords,
 )
-from vitprobe.stats.mi import KAPPA, coarsen_counts, mi_from_counts
+from vitprobe.stats.mi import KAPPA, mi_from_counts, miller_madow_fine_coarse
 
 if TYPE_CHECKING:
     from vitprobe.stats.joint import JointCounts
@@ -67,9 +67,10 @@ _CHUNK_CELLS = 1 << 24  # joint cells per MI chunk (~128 MB of int64)
 
 def _mi_both(c: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     """(extrapolated-or-requested MI, Miller-Madow MI) of int counts (..., B, B)."""
-    mm = mi_from_counts(c, method="miller-madow")
     if method == "extrapolated":
-        return mm + KAPPA * (mm - mi_from_counts(coarsen_counts(c), method="miller-madow")), mm
+        mm, coarse = miller_madow_fine_coarse(c)
+        return mm + KAPPA * (mm - coarse), mm
+    mm = mi_from_counts(c, method="miller-madow")
     if method == "miller-madow":
         return mm, mm
     return mi_from_counts(c, method=method), mm

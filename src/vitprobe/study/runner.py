@@ -266,8 +266,11 @@ class Study:
             pass_index=pass_index, n_passes=self.plan.n_passes, calibrated=calibrated,
             done_chunks=sorted(done), skipped=[list(s) for s in _unique(self.streamer.skipped)],
             elapsed_s=self._elapsed())
+        t0 = time.perf_counter()
         try:
             ckpt.save(self.out, ckpt.Checkpoint(states, self.calibration, progress))
+            self.timings["checkpoint_s"] = (self.timings.get("checkpoint_s", 0.0)
+                                            + time.perf_counter() - t0)
         except OSError as err:
             # a full disk: the previous checkpoint is intact (atomic write); go on counting
             self.log(f"warning: could not write a checkpoint to {self.out} ({err.strerror}); "
@@ -515,7 +518,9 @@ class Study:
                            self.timings)
         self.timings["results_s"] = time.perf_counter() - t0
         attrs = self._common_attrs()
+        t0 = time.perf_counter()
         result.datasets = write_results(self.out, datasets, attrs)
+        self.timings["write_s"] = time.perf_counter() - t0
         self.timings["total_s"] = self._elapsed()
         result.timings = dict(self.timings)
         result.n_images = len(self.ids) - len({s[0] for s in skipped})
