@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from vitprobe.errors import ConfigurationError
+
 __all__ = ["available_cpus", "loader_settings"]
 
 #: decoding processes on a CPU run: the forward needs the cores, and 2 workers already
@@ -47,5 +49,5 @@ def loader_settings(device: str, workers: int | None = None) -> dict[str, int | 
         else:
             workers = CPU_WORKERS
     elif workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise ConfigurationError(f"workers must be >= 0, got {workers}")
     return {"workers": int(workers), "pin_memory": str(device).startswith("cuda")}

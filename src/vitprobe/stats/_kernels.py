@@ -285,23 +285,20 @@ def miller_madow_rows(c: np.ndarray, nlogn: np.ndarray, fine: np.ndarray,
     empty table), as :func:`vitprobe.stats.mi.mi_from_counts` (``miller-madow``).
 
     Args:
-        c: (M, B_x, B_y) non-negative integer counts, C-contiguous.
+        c: (M, B_x, B_y) non-negative integer counts, C-contiguous, B_x and B_y even.
         nlogn: ``k log k`` for ``k < len(nlogn)`` (0 for 0); larger counts are computed.
         fine: (M,) float64 out: MI of each table.
         coarse: (M,) float64 out: MI of each table with bins merged in pairs along both
-            axes (B_x, B_y even), or an empty array to skip it.
+            axes.
     """
     m, bx, by = c.shape
-    with_coarse = coarse.shape[0] > 0
     cx = np.zeros(bx, np.int64)
     cy = np.zeros(by, np.int64)
     cc = np.zeros((bx // 2, by // 2), np.int64)
-    size = nlogn.shape[0]
     for r in range(m):
         cx[:] = 0
         cy[:] = 0
-        if with_coarse:
-            cc[:] = 0
+        cc[:] = 0
         sxy = 0.0
         nz = 0
         for i in range(bx):
@@ -309,30 +306,33 @@ def miller_madow_rows(c: np.ndarray, nlogn: np.ndarray, fine: np.ndarray,
                 v = np.int64(c[r, i, j])
                 cx[i] += v
                 cy[j] += v
+                cc[i >> 1, j >> 1] += v
                 if v > 0:
                     nz += 1
-                    sxy += nlogn[v] if v < size else v * np.log(np.float64(v))
-                if with_coarse:
-                    cc[i >> 1, j >> 1] += v
+                    sxy += _klogk(v, nlogn)
         fine[r] = _mm_from_sums(cx, cy, sxy, nz, nlogn)
-        if with_coarse:
-            cs = 0.0
-            cnz = 0
-            for i in range(bx // 2):
-                for j in range(by // 2):
-                    v = cc[i, j]
-                    if v > 0:
-                        cnz += 1
-                        cs += nlogn[v] if v < size else v * np.log(np.float64(v))
-            coarse[r] = _mm_from_sums(cx.reshape(bx // 2, 2).sum(1),
-                                      cy.reshape(by // 2, 2).sum(1), cs, cnz, nlogn)
+        cs = 0.0
+        cnz = 0
+        for i in range(bx // 2):
+            for j in range(by // 2):
+                v = cc[i, j]
+                if v > 0:
+                    cnz += 1
+                    cs += _klogk(v, nlogn)
+        coarse[r] = _mm_from_sums(cx.reshape(bx // 2, 2).sum(1),
+                                  cy.reshape(by // 2, 2).sum(1), cs, cnz, nlogn)
+
+
+@njit
+def _klogk(v: int, nlogn: np.ndarray) -> float:
+    """``v log v`` of a count ``v > 0``: from the table where it reaches."""
+    return nlogn[v] if v < nlogn.shape[0] else v * np.log(np.float64(v))
 
 
 @njit
 def _mm_from_sums(cx: np.ndarray, cy: np.ndarray, sxy: float, nz: int,
                   nlogn: np.ndarray) -> float:
     """Miller-Madow MI from a table's marginals, its sum of c log c and non-empty cells."""
-    size = nlogn.shape[0]
     n = 0
     sx = 0.0
     mx = 0
@@ -340,7 +340,7 @@ def _mm_from_sums(cx: np.ndarray, cy: np.ndarray, sxy: float, nz: int,
         n += v
         if v > 0:
             mx += 1
-            sx += nlogn[v] if v < size else v * np.log(np.float64(v))
+            sx += _klogk(v, nlogn)
     if n == 0:
         return np.nan
     sy = 0.0
@@ -348,6 +348,6 @@ def _mm_from_sums(cx: np.ndarray, cy: np.ndarray, sxy: float, nz: int,
     for v in cy:
         if v > 0:
             my += 1
-            sy += nlogn[v] if v < size else v * np.log(np.float64(v))
+            sy += _klogk(v, nlogn)
     nf = np.float64(n)
     return np.log(nf) + (sxy - sx - sy) / nf - (nz - mx - my + 1) / (2.0 * nf)

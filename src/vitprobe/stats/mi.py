@@ -98,14 +98,14 @@ def miller_madow_fine_coarse(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray
     One compiled read of the counts (:func:`vitprobe.stats._kernels.miller_madow_rows`);
     ``VITPROBE_JIT=0`` takes the numpy reference (:func:`mi_from_counts` twice).
     """
+    if not jit_enabled():  # the reference checks its input itself
+        return _mi_mm_numpy(counts, True), _mi_mm_numpy(coarsen_counts(counts), True)
     c = np.ascontiguousarray(counts)
     if not np.issubdtype(c.dtype, np.integer):
         raise TypeError("counts must be integers")
     *lead, bx, by = c.shape
     if bx % 2 or by % 2:
         raise ConfigurationError(f"bins ({bx}, {by}) not divisible by 2")
-    if not jit_enabled():
-        return _mi_mm_numpy(c, True), _mi_mm_numpy(coarsen_counts(c), True)
     rows = c.reshape(-1, bx, by)
     fine, coarse = np.empty(len(rows)), np.empty(len(rows))
     if len(rows):
