@@ -7,7 +7,9 @@ fixed costs (everything but the counting pass) as a share of the default run (is
    under ``inference_mode``, non-finite check of
    every recorded site, image indices, ``update`` of every accumulator), against the
    plain forward of the same model on the same batch of demo images, in alternation
-   (A B A B ...), several rounds. Decoding is timed apart (the loader's workers do it
+   (A B A B ...), several rounds, with the heap retained as ``run_study`` does
+   (:func:`vitprobe.resources.retained_heap`) and, side by side, with glibc's defaults
+   (with page faults per batch). Decoding is timed apart (the loader's workers do it
    beside the forward). Target <= 1.2.
 2. Fixed costs: one default run, ``vitprobe.run_study()`` with the report, timed from
    outside and from ``manifest.json`` ``timings_s`` (``load_s``, ``calibration_s``,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import vitprobe
 from vitprobe.record import Recorder, nonfinite_rows
+from vitprobe.resources import retained_heap
 from vitprobe.stats.joint import IMAGE_INDEX
 from vitprobe.study.config import StudyConfig
 
@@ -105,21 +109,36 @@ def counting_pass(args) -> None:
           + ", ".join(f"{k} ({type(a).__name__})" for k, a in accs.items())
           + f"; {len(sites)} sites; one-pass calibration: {one_pass or 'none'}")
     plain(), counting()  # warm-up (numba's first calls)
-    ratios, plain_s = [], []
+    # each round times plain and counting with the heap retained (as run_study runs)
+    # and, side by side, without it (glibc's defaults: the recorded sites' pages are
+    # handed back to the kernel after every batch and faulted in again)
+    ratios: dict[bool, list[float]] = {True: [], False: []}
+    faults: dict[bool, list[int]] = {True: [], False: []}
+    plain_s = []
     for _ in range(args.rounds):
-        times: dict[str, list[float]] = {"plain": [], "counting": []}
-        for _ in range(args.repeats):
-            for name, fn in (("plain", plain), ("counting", counting)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        p, c = statistics.median(times["plain"]), statistics.median(times["counting"])
-        plain_s.append(p)
-        ratios.append(c / p)
+        for retained in (True, False):
+            times: dict[str, list[float]] = {"plain": [], "counting": []}
+            with retained_heap(retained):
+                for _ in range(args.repeats):
+                    for name, fn in (("plain", plain), ("counting", counting)):
+                        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                        start = time.perf_counter()
+                        fn()
+                        times[name].append(time.perf_counter() - start)
+                        if name == "counting":
+                            faults[retained].append(
+                                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            p, c = statistics.median(times["plain"]), statistics.median(times["counting"])
+            ratios[retained].append(c / p)
+            if retained:
+                plain_s.append(p)
     per = 1e3 / args.batch
     print(f"plain forward          {statistics.median(plain_s) * per:7.1f} ms per image")
-    print(f"counting pass / plain  {'  '.join(f'{r:.3f}' for r in ratios)}  (rounds; "
-          f"median {statistics.median(ratios):.3f}; target <= 1.2)")
+    for retained, label in ((True, "counting pass / plain"), (False, "  without retained heap")):
+        r = ratios[retained]
+        print(f"{label:22s} {'  '.join(f'{x:.3f}' for x in r)}  (rounds; median "
+              f"{statistics.median(r):.3f}{'; target <= 1.2' if retained else ''}); page "
+              f"faults per batch {statistics.median(faults[retained]):,.0f}")
     print(f"decoding (one process) {decode_s * 1e3:7.1f} ms per image (the loader's workers, "
           "beside the forward)")
     print(f"first batch incl. calibration {calib_s:.1f} s")

@@ -30,3 +30,53 @@ def test_make_loader_pins_batches_when_asked():
     cfg = PreprocessConfig()
     assert make_loader(source, cfg, batch_size=2, pin_memory=True)._loader.pin_memory
     assert not make_loader(source, cfg, batch_size=2)._loader.pin_memory
+
+
+
+# Run in a fresh process: glibc also reuses freed heap blocks under its defaults when one
+# fits, so a process whose heap earlier tests have grown cannot show the defaults.
+_RETAINED_HEAP_CHECK = """
+import os, resource, torch
+from vitprobe.resources import retained_heap
+
+def faults(mb):  # page faults of the second of two allocate-touch-free rounds
+    n = mb * 2**20 // 4
+    torch.empty(n).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(n).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+out = {"default": faults(96)}
+with retained_heap() as active:
+    # torch's aligned allocations ask a little more than the block they freed, so the
+    # first rounds still grow the heap before a freed block fits
+    out["retained"] = [active, min(faults(64) for _ in range(6))]
+out["after"] = faults(512)  # larger than any block the heap holds: glibc's own mmap
+with retained_heap(False) as active:
+    out["disabled"] = [active, faults(640)]
+os.environ["VITPROBE_RETAIN_HEAP"] = "0"
+with retained_heap() as active:
+    out["env"] = active
+print(out)
+"""
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_retained_heap_reuses_freed_pages_and_restores_the_defaults():
+    import ast
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "VITPROBE_RETAIN_HEAP"}
+    proc = subprocess.run([sys.executable, "-c", _RETAINED_HEAP_CHECK], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    out = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    pages = 96 * 2**20 // 4096
+    # glibc's defaults: a large block is mmapped and unmapped on free, so every page of
+    # the next one is a fresh fault
+    assert out["default"] > pages // 2
+    assert out["retained"][0] and out["retained"][1] < 200  # freed pages reused
+    assert out["after"] > pages // 2  # the defaults are back after the block
+    assert out["disabled"] == [False, out["disabled"][1]] and out["disabled"][1] > pages // 2
+    assert out["env"] is False

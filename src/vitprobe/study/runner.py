@@ -35,7 +35,7 @@ from vitprobe import runfolder
 from vitprobe.analyses import Analysis, Context, get_analysis
 from vitprobe.errors import ConfigurationError, ResultsError, RunFolderError, VitprobeError
 from vitprobe.record import Accumulator
-from vitprobe.resources import loader_settings
+from vitprobe.resources import loader_settings, retained_heap
 from vitprobe.schema import TRAINED
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
@@ -573,7 +573,8 @@ def run_study(config: StudyConfig | None = None, *, report: bool = True,
         config = config.with_(**options)
     study = Study(config, progress=progress)
     try:
-        result = study.run()
+        with retained_heap():  # a batch's recorded sites reuse the last batch's pages
+            result = study.run()
     finally:
         dist.finish(study.world)
     if report and study.world.is_main:
