@@ -82,8 +82,8 @@ def retained_heap(enabled: bool | None = None) -> Iterator[bool]:
     (60 sites of DINOv2-S/14 at batch 32: about 1.7 GB with the forward's own buffers).
     glibc hands those blocks back to the kernel when they are freed (large blocks are
     mmapped, and the top of the heap is trimmed), so the next batch takes every page
-    again as a fresh, zeroed page: 0.4 million page faults per batch measured on the
-    2-core VM, 10-15 % of the counting pass (``benchmarks/study_overhead.py``). Inside
+    again as a fresh, zeroed page: 0.30-0.44 million page faults per batch measured on
+    the 2-core VM, 7-14 % of the counting pass (``benchmarks/study_overhead.py``). Inside
     this block glibc neither mmaps nor trims, so freed blocks are reused; on exit the
     defaults are restored and the free memory is returned (``malloc_trim``).
 
