@@ -51,6 +51,9 @@ with retained_heap() as active:
     # torch's aligned allocations ask a little more than the block they freed, so the
     # first rounds still grow the heap before a freed block fits
     out["retained"] = [active, min(faults(64) for _ in range(6))]
+    with retained_heap():  # nested: its exit leaves the outer block's setting alone
+        pass
+    out["nested"] = faults(64)
 out["after"] = faults(512)  # larger than any block the heap holds: glibc's own mmap
 with retained_heap(False) as active:
     out["disabled"] = [active, faults(640)]
@@ -77,6 +80,7 @@ def test_retained_heap_reuses_freed_pages_and_restores_the_defaults():
     # the next one is a fresh fault
     assert out["default"] > pages // 2
     assert out["retained"][0] and out["retained"][1] < 200  # freed pages reused
+    assert out["nested"] < 200
     assert out["after"] > pages // 2  # the defaults are back after the block
     assert out["disabled"] == [False, out["disabled"][1]] and out["disabled"][1] > pages // 2
     assert out["env"] is False

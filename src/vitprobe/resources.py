@@ -62,6 +62,8 @@ def loader_settings(device: str, workers: int | None = None) -> dict[str, int | 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024,
                    _M_MMAP_MAX: 65536}
+#: open retained_heap blocks: only the outermost one sets and restores glibc's settings
+_retained_depth = 0
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -90,21 +92,26 @@ def retained_heap(enabled: bool | None = None) -> Iterator[bool]:
     The process's resident memory then stays at its peak until the block ends, which
     is the memory a batch needs anyway. Yields whether the setting is in force: False
     off Linux/glibc, when ``enabled`` is False, or when ``enabled`` is None and the
-    environment sets ``VITPROBE_RETAIN_HEAP=0``. Not reentrant with other code that
-    calls ``mallopt``.
+    environment sets ``VITPROBE_RETAIN_HEAP=0``. Blocks nest (an inner one changes
+    nothing); other code calling ``mallopt`` meanwhile is not accounted for.
     """
+    global _retained_depth
     if enabled is None:
         enabled = os.environ.get("VITPROBE_RETAIN_HEAP", "1") != "0"
     libc = _glibc() if enabled else None
     if libc is None:
         yield False
         return
-    # -1 disables trimming (mallopt(3)); no mmap: every block comes from the heaps
-    libc.mallopt(_M_TRIM_THRESHOLD, -1)
-    libc.mallopt(_M_MMAP_MAX, 0)
+    if _retained_depth == 0:
+        # -1 disables trimming (mallopt(3)); no mmap: every block comes from the heaps
+        libc.mallopt(_M_TRIM_THRESHOLD, -1)
+        libc.mallopt(_M_MMAP_MAX, 0)
+    _retained_depth += 1
     try:
         yield True
     finally:
-        for param, value in _GLIBC_DEFAULTS.items():
-            libc.mallopt(param, value)
-        libc.malloc_trim(0)
+        _retained_depth -= 1
+        if _retained_depth == 0:
+            for param, value in _GLIBC_DEFAULTS.items():
+                libc.mallopt(param, value)
+            libc.malloc_trim(0)
