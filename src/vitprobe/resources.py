@@ -58,10 +58,9 @@ def loader_settings(device: str, workers: int | None = None) -> dict[str, int | 
     return {"workers": int(workers), "pin_memory": str(device).startswith("cuda")}
 
 
-# glibc mallopt parameters (malloc.h) and their defaults
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
-_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024,
-                   _M_MMAP_MAX: 65536}
+# the glibc mallopt parameters (malloc.h) that retained_heap sets, and their defaults
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
 #: open retained_heap blocks: only the outermost one sets and restores glibc's settings
 _retained_depth = 0
 
