@@ -191,3 +191,25 @@ def test_dataset_save_open_and_combine(small_layout, tmp_path) -> None:
         combine_results([passes[0], passes[0]])
     with pytest.raises(ResultsError):
         open_results(tmp_path / "missing.nc")
+
+
+def test_order_statistics_equal_a_full_sort_of_the_reservoir() -> None:
+    """The calibration's edges, minimum and maximum are exact order statistics of the
+    reservoir along the images, whatever the pieces' sizes and dtypes; ties and a NaN
+    neuron (sorted last, as numpy does) included."""
+    from vitprobe.stats.binning import edge_ranks
+    from vitprobe.stats.joint import _order_statistics
+
+    gen = torch.Generator().manual_seed(0)
+    pieces = [torch.randn(b, 5, 7, generator=gen) for b in (32, 3, 29)]
+    pieces[1] = pieces[1].round()  # ties
+    pieces[2][4, 2, 3] = float("nan")
+    pieces.append(torch.randn(8, 5, 7, generator=gen).to(torch.bfloat16))
+    ranks = edge_ranks(72, 6)
+    edges, lo, hi = _order_statistics(pieces, ranks)
+    ref = np.sort(torch.cat([p.float() for p in pieces]).numpy(), axis=0)
+    assert edges.shape == (5, 5, 7) and edges.dtype == torch.float32
+    np.testing.assert_array_equal(edges.numpy(), ref[ranks])
+    np.testing.assert_array_equal(lo.numpy(), ref[0])
+    np.testing.assert_array_equal(hi.numpy(), ref[-1])
+    assert np.isnan(hi[2, 3]) and not np.isnan(lo[2, 3])

@@ -145,13 +145,16 @@ class NeuronHistograms(Accumulator):
         room = nb if self.calibration_images is None else self.calibration_images - self._calib_n
         take = max(0, min(room, nb))
         if take:
-            for gi, x in enumerate(xs):
-                dev = self.device or x.device
-                self.device = dev
-                x = x[:take].to(device=dev, dtype=torch.float64)
-                cur = self._calib[gi]
-                bm = batch_moments(x)
-                self._calib[gi] = bm if cur is None else combine_moments(cur, bm)
+            dev = self.device = self.device or xs[0].device
+            calib = self._calib
+
+            def add(gi: int) -> None:
+                # float64 inside batch_moments (on CPU chunk by chunk: no float64 copy)
+                bm = batch_moments(xs[gi][:take].to(dev))
+                calib[gi] = bm if calib[gi] is None else combine_moments(calib[gi], bm)
+
+            # groups are independent: on CPU they run in parallel like the counting
+            run_parallel(add, len(xs), resolve_threads(self.threads) if dev.type == "cpu" else 1)
             self._calib_n += take
         if self.counts_calibration and self.calibration_images is not None \
                 and self._calib_n >= self.calibration_images:

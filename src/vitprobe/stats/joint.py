@@ -710,12 +710,26 @@ class JointCounts(Accumulator):
 def _order_statistics(reservoir: list[torch.Tensor], ranks: np.ndarray,
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Edges (B-1, P, C), minimum and maximum (P, C) of the reservoir's (R, P, C) pieces
-    (float32, sorted along the images: numpy on CPU, ``torch.sort`` elsewhere)."""
-    res = torch.cat([r.float() for r in reservoir])  # (R, P, C)
-    if res.device.type == "cpu":
-        s = torch.from_numpy(np.sort(res.numpy(), axis=0))
+    (float32 order statistics along the images).
+
+    The pieces are copied once into neuron-major rows (N, R) and each row is sorted
+    where it is contiguous (numpy's SIMD sort on CPU, ``torch.sort`` elsewhere): on the
+    CPU 2.3x faster than sorting the (R, N) reservoir along its strided first axis,
+    which dominated the counting pass's calibration (0.58 against 0.25 s per
+    (256, 256, 384) group)."""
+    shape = reservoir[0].shape[1:]
+    n_neurons = int(np.prod(shape))
+    rows = torch.empty((n_neurons, sum(p.shape[0] for p in reservoir)), dtype=torch.float32,
+                       device=reservoir[0].device)
+    start = 0
+    for piece in reservoir:
+        b = piece.shape[0]
+        rows[:, start : start + b].copy_(piece.reshape(b, n_neurons).T)
+        start += b
+    if rows.device.type == "cpu":
+        rows.numpy().sort(axis=1)
     else:
-        s = torch.sort(res, dim=0).values
-    del res
-    return (s[torch.as_tensor(ranks).to(s.device)].contiguous(), s[0].clone(),
-            s[-1].clone())
+        rows = torch.sort(rows, dim=1).values
+    idx = torch.as_tensor(ranks, dtype=torch.int64, device=rows.device)
+    return (rows[:, idx].T.reshape(len(idx), *shape).contiguous(),
+            rows[:, 0].reshape(shape).clone(), rows[:, -1].reshape(shape).clone())
