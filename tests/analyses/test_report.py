@@ -111,3 +111,46 @@ def test_unregistered_files_are_named_not_drawn(small_folder, tmp_path):
     page = build_report(out, workers=1).read_text()
     assert "results/mystery.nc" in page and "no registered analysis" in page
     assert np.all([not p.name.startswith("mystery") for p in (out / "figures").iterdir()])
+
+
+def test_a_dead_drawing_process_falls_back_to_this_one(small_folder, tmp_path):
+    """A script read from stdin cannot be re-imported by the worker processes, so the
+    pool breaks: the figures are drawn in the calling process instead, with a warning."""
+    import subprocess
+    import sys
+
+    out = _copy(small_folder, tmp_path / "stdin")
+    script = ("import warnings\nfrom vitprobe.report import build_report\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always')\n"
+              f"    build_report({str(out)!r}, workers=2)\n"
+              "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n")
+    done = subprocess.run([sys.executable, "-"], input=script, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "drawing the remaining figures in this process" in done.stdout
+    slugs = [s.slug for s in get_analysis("moments").figures]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        f"{s}.png" for s in slugs)
+    assert (out / "report.html").exists()
+
+
+def test_small_variables_are_read_when_their_file_opens(small_folder, tmp_path, monkeypatch):
+    """Figures slice small variables panel by panel: they are read whole on opening
+    (still there once the file is closed and gone); larger ones stay lazy."""
+    from vitprobe.report import builder
+
+    def opened_then_gone(name: str):
+        out = _copy(small_folder, tmp_path / name)
+        files = builder.ResultFiles.from_folder(out)
+        ds = files["moments"]
+        files.close()
+        shutil.rmtree(out / "results")
+        return ds
+
+    ds = opened_then_gone("eager")
+    assert np.isfinite(ds["excess_kurtosis"].values).any()
+    monkeypatch.setattr(builder, "EAGER_BYTES", 0)
+    ds = opened_then_gone("lazy")
+    with pytest.raises(FileNotFoundError):
+        ds["excess_kurtosis"].load()
