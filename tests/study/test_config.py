@@ -51,3 +51,21 @@ def test_progress_lines_without_a_terminal(tmp_path, monkeypatch, capsys):
     assert err.count("24/24") == 1
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and result.n_images == 24
+
+
+def test_control_none_as_on_the_command_line():
+    """``control="none"`` (what ``--control none`` and the error message say) is no control."""
+    assert StudyConfig(control="none").control is None
+    assert StudyConfig(control="none").fingerprint() == StudyConfig(control=None).fingerprint()
+
+
+def test_run_help_names_each_default_once(capsys):
+    from vitprobe.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    for option in ("--model", "--device", "--n-images", "--workers", "--batch-size",
+                   "--checkpoint-every"):
+        entry = text.split(f" {option}", 1)[1].split(" --", 1)[0]
+        assert entry.count("(default") == 1, (option, entry)

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
                     "then figures and report.html. With no "
                     "arguments: the offline DINOv2-S/14 on the built-in demo photos "
                     f"({DEMO_N_IMAGES} crops), a demo scale that finishes in minutes on a CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsFormatter)
     from vitprobe.models.command import add_model_arguments
 
     add_model_arguments(p)
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                         "figure (none: skip it)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="model compute dtype (statistics are accumulated in float32/64)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward")
     p.add_argument("--workers", type=int, default=None,
                    help="image decoding processes (default: 2 on CPU, one per free core "
                         "on a GPU)")
@@ -56,13 +56,23 @@ def register(subparsers) -> None:
                         "default all)")
     p.add_argument("--mi-bins", type=int, default=None,
                    help="quantile bins per neuron (default: from the number of images)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                   help="seconds between checkpoints of the counts (--resume continues)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true",
                    help="replace the run in --out (only files its manifest says are a run's)")
     p.add_argument("--no-report", action="store_true", help="skip figures and report.html")
     p.add_argument("--pdf", action="store_true", help="PDF figures beside the PNGs")
     p.set_defaults(func=run)
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -115,6 +115,8 @@ class StudyConfig:
         if unknown or not self.analyses:
             raise ConfigurationError(f"unknown analyses {unknown or '(none)'}; choose from "
                                      f"{', '.join(REGISTRY)}")
+        if self.control == "none":  # as on the command line (--control none)
+            set_(self, "control", None)
         if self.control not in (None, *CONTROLS):
             raise ConfigurationError(f"unknown control {self.control!r}; choose from "
                                      f"{', '.join(CONTROLS)} or none")
