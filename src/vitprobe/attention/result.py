@@ -23,7 +23,6 @@ embeddings, the weighted singular-vector cosine); Saponati et al. 2025, arXiv 25
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from vitprobe.netcdf import load_dataset, save_dataset
+from vitprobe.stats.nanreduce import nanmean
 
 __all__ = ["angles_dataset", "attach_qk", "layer_table", "load_angles", "save_angles"]
 
@@ -62,9 +62,7 @@ def _pearson(n: float, sx, sy, sxy, sxx, syy) -> np.ndarray:
 
 
 def _head_mean(x: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():  # an all-NaN layer (constant logits) stays NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(x, axis=-1)
+    return nanmean(x, axis=-1)  # an all-NaN layer (constant logits) stays NaN, quietly
 
 
 def derived(s: dict[str, np.ndarray], n_pairs: int, n_keys: int, bins: int) -> dict[str, Any]:

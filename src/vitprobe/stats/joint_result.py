@@ -30,7 +30,6 @@ integer (patch units); ``position_distance`` keeps the exact value per position.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,7 @@ from vitprobe.stats._common import (
     position_coords,
 )
 from vitprobe.stats.mi import KAPPA, mi_from_counts, miller_madow_fine_coarse
+from vitprobe.stats.nanreduce import nanmean, nanstd
 
 if TYPE_CHECKING:
     from vitprobe.stats.joint import JointCounts
@@ -92,9 +92,9 @@ def _curve(mi_pc: np.ndarray, dbin: np.ndarray, nd: int) -> np.ndarray:
 def joint_dataset(acc: JointCounts, *, keep_channels: int | Sequence[int] = 2,
                   method: str = "extrapolated") -> xr.Dataset:
     """Build the MI :class:`xarray.Dataset` (variables: module docstring)."""
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        # all-NaN slices (the centre's distance 0) are expected
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # all-NaN slices (the centre's distance 0) are expected: the means below return NaN
+    # there without a warning (errstate, not catch_warnings: results run on threads)
+    with np.errstate(invalid="ignore", divide="ignore"):
         return _joint_dataset(acc, keep_channels, method)
 
 
@@ -160,12 +160,12 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
         mi[li, si] = full.T
         curves = _curve(full, dbin, nd)  # (C, D)
         with np.errstate(invalid="ignore"):
-            curve[li, si] = np.nanmean(curves, axis=0) if c else np.nan
-            curve_std[li, si] = np.nanstd(curves, axis=0, ddof=1) if c > 1 else np.nan
-        curve_mm[li, si] = np.nanmean(_curve(mm, dbin, nd), axis=0)
+            curve[li, si] = nanmean(curves, axis=0) if c else np.nan
+            curve_std[li, si] = nanstd(curves, axis=0, ddof=1) if c > 1 else np.nan
+        curve_mm[li, si] = nanmean(_curve(mm, dbin, nd), axis=0)
         if h == 2:
             mi_half[:, li, si] = halves.transpose(0, 2, 1)
-            curve_half[:, li, si] = np.nanmean(_curve(halves, dbin, nd), axis=-2)
+            curve_half[:, li, si] = nanmean(_curve(halves, dbin, nd), axis=-2)
         else:
             mi_half[0, li, si] = full.T
             curve_half[0, li, si] = curve[li, si]
@@ -173,16 +173,16 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
             nc = acc.null[gi].cpu().numpy().astype(np.int64).transpose(2, 0, 1, 3)
             nm, _ = _mi_both(nc, method)  # (P, Cn)
             mi_null[li, si] = nm.T
-            null_curve[li, si] = np.nanmean(_curve(nm, dbin, nd), axis=0)
-            null_level[li, si] = np.nanmean(nm)
-            null_std[li, si] = np.nanstd(nm, ddof=1) if nm.size > 1 else np.nan
+            null_curve[li, si] = nanmean(_curve(nm, dbin, nd), axis=0)
+            null_level[li, si] = nanmean(nm)
+            null_std[li, si] = nanstd(nm, ddof=1) if nm.size > 1 else np.nan
         edges[li, si] = acc.edges[gi].cpu().numpy().transpose(2, 1, 0)
         vmin[li, si] = acc.vmin[gi].cpu().numpy().T
         vmax[li, si] = acc.vmax[gi].cpu().numpy().T
         if nkeep:
             if explicit is None:
                 ring = full[dbin == 1] if np.any(dbin == 1) else full
-                score = np.nan_to_num(np.nanmean(ring, axis=0), nan=-np.inf)
+                score = np.nan_to_num(nanmean(ring, axis=0), nan=-np.inf)
                 idx = np.argsort(-score, kind="stable")[:nkeep]
             else:
                 idx = np.asarray(explicit)
@@ -200,7 +200,7 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
             cd = dbin[acc.cross[:, 2]]
             for d in range(nd):
                 if np.any(cd == d):
-                    cross_curve[li, si, d] = np.nanmean(cross_mi[li, si][cd == d])
+                    cross_curve[li, si, d] = nanmean(cross_mi[li, si][cd == d])
 
     dims4 = ("layer", "sublayer", "channel", "position")
     curve_dims = ("layer", "sublayer", "distance")

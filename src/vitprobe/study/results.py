@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from vitprobe.netcdf import save_dataset
+from vitprobe.resources import available_cpus
 from vitprobe.runfolder import RESULTS_DIR
 from vitprobe.schema import stack_models
 from vitprobe.study.checkpoint import parse_state_key
@@ -38,8 +40,8 @@ def streaming_results(analysis: Analysis, models: Mapping[str, ProbedViT], conte
         p, variant, name, file = parse_state_key(key)
         if name == analysis.name:
             per_variant.setdefault(variant, {}).setdefault(file, []).append((p, dict(state)))
-    by_file: dict[str, dict[str, xr.Dataset]] = {}
-    for variant, model in models.items():
+
+    def results_of(variant: str, model: ProbedViT) -> dict[str, xr.Dataset]:
         finished = {}
         for file, parts in per_variant.get(variant, {}).items():
             accs = []
@@ -48,10 +50,16 @@ def streaming_results(analysis: Analysis, models: Mapping[str, ProbedViT], conte
                 acc.load_state_dict(state)
                 accs.append(acc)
             finished[file] = accs
-        if not finished:
-            continue
-        for file, ds in analysis.results(finished).items():
-            by_file.setdefault(file, {})[variant] = ds
+        return analysis.results(finished) if finished else {}
+
+    # the models' results are independent and mostly numpy and compiled kernels, which
+    # release the GIL: one thread per model (map keeps the main model first)
+    by_file: dict[str, dict[str, xr.Dataset]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(len(models), available_cpus()))) as pool:
+        for variant, produced in zip(models, pool.map(results_of, models, models.values()),
+                                     strict=True):
+            for file, ds in produced.items():
+                by_file.setdefault(file, {})[variant] = ds
     return {file: stack_models(parts) for file, parts in by_file.items()}
 
 
