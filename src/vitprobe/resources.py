@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from vitprobe.errors import ConfigurationError
 
-__all__ = ["available_cpus", "loader_settings", "retained_heap"]
+__all__ = ["available_cpus", "available_memory", "loader_settings", "retained_heap"]
 
 #: decoding processes on a CPU run: the forward needs the cores, and 2 workers already
 #: load 15-21x faster than the CPU forward of ViT-S/16 (benchmarks/data_throughput.py)
@@ -29,6 +29,19 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes the system can still hand out without swapping (``MemAvailable`` of
+    ``/proc/meminfo``); None where that is not known (not Linux)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def loader_settings(device: str, workers: int | None = None) -> dict[str, int | bool]:
