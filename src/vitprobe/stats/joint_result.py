@@ -82,10 +82,8 @@ def _curve(mi_pc: np.ndarray, dbin: np.ndarray, nd: int) -> np.ndarray:
     for d in range(nd):
         sel = dbin == d
         vals = mi_pc[..., sel, :]
-        ok = ~np.isnan(vals)
-        if ok.any():
-            with np.errstate(invalid="ignore"):
-                out[..., d] = np.nansum(vals, axis=-2) / ok.sum(axis=-2)
+        if not np.isnan(vals).all():
+            out[..., d] = nanmean(vals, axis=-2)
     return out
 
 
