@@ -49,7 +49,6 @@ from vitprobe.study.config import StudyConfig
 
 def counting_pass(args) -> None:
     from vitprobe.analyses import Context, get_analysis
-    from vitprobe.data import make_loader, open_images
 
     cfg = StudyConfig(batch_size=args.batch)
     model = vitprobe.load_model(cfg.model)
@@ -65,14 +64,8 @@ def counting_pass(args) -> None:
             accs |= {f"{name}/{file}": acc
                      for file, acc in analysis.accumulators(model, context, 0).items()}
     sites = sorted({s for acc in accs.values() for s in acc.sites})
-    source = open_images(cfg.images, n_images=cfg.n_images, seed=cfg.seed)
-    loader = make_loader(source, model.preprocess, batch_size=args.batch, workers=0,
-                         patch_size=model.patch_size)
-    batches, t0 = [], time.perf_counter()
-    for batch in loader:  # two batches: one to calibrate, one to time
-        batches.append(batch)
-        if len(batches) == 2:
-            break
+    t0 = time.perf_counter()
+    batches = demo_batches(model, cfg, 2)  # one to calibrate, one to time
     decode_s = (time.perf_counter() - t0) / sum(len(b["ids"]) for b in batches)
     recorder = Recorder(model, sites)
 
@@ -187,15 +180,26 @@ def default_run(args) -> None:
     print("fixed costs by part: " + ", ".join(f"{k} {v:.1f}" for k, v in rest.items()))
 
 
-def plain_forward_per_image(args) -> float:
-    """Median seconds per image of the default model's plain forward on demo images."""
+def demo_batches(model, cfg: StudyConfig, n: int) -> list[dict]:
+    """The first ``n`` batches of the study's images (decoded in this process)."""
     from vitprobe.data import make_loader, open_images
 
+    source = open_images(cfg.images, n_images=cfg.n_images, seed=cfg.seed)
+    loader = make_loader(source, model.preprocess, batch_size=cfg.batch_size, workers=0,
+                         patch_size=model.patch_size)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    return batches
+
+
+def plain_forward_per_image(args) -> float:
+    """Median seconds per image of the default model's plain forward on demo images."""
     cfg = StudyConfig(batch_size=args.batch)
     model = vitprobe.load_model(cfg.model)
-    source = open_images(cfg.images, n_images=args.batch, seed=cfg.seed)
-    pixels = next(iter(make_loader(source, model.preprocess, batch_size=args.batch,
-                                   workers=0, patch_size=model.patch_size)))["pixels"]
+    pixels = demo_batches(model, cfg, 1)[0]["pixels"]
     times = []
     with torch.inference_mode():
         for _ in range(1 + args.repeats):
