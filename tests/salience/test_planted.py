@@ -16,12 +16,13 @@ import itertools
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from tests.models import zoo
 from vitprobe.models import ProbedViT, wrap
-from vitprobe.salience.measure import measure_arrays, pixels_of
-from vitprobe.salience.stimuli import StimulusBatch, popout_stimulus
+from vitprobe.salience.measure import measure_arrays, measure_surround, pixels_of
+from vitprobe.salience.stimuli import StimulusBatch, popout_stimulus, surround_stimulus
 
 LEVELS = (0.0, 0.5, 1.0)
 SEEDS = 6
@@ -36,6 +37,23 @@ def planted(sign: float) -> ProbedViT:
             block.attn.qkv.weight[d:2 * d] = sign * block.attn.qkv.weight[:d]
             block.attn.qkv.bias[:2 * d] = 0.0
     return wrap(vit, spec=f"planted W_K = {sign:+g} W_Q")
+
+
+def sharpened() -> ProbedViT:
+    """A tiny random-init ViT on an 8 x 8 patch grid (so that cells of 2 patches straddle
+    3 x 3 patches with unequal area weights) with its queries scaled by 8: attention far
+    from uniform and asymmetric (A[i, j] != A[j, i]), so that a reduction mixing up
+    queries and keys, or weighting the wrong tokens, moves the results by far more than
+    the tolerances."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=128,
+                            depth=2).eval()
+    with torch.no_grad():
+        for block in vit.blocks:
+            d = block.attn.qkv.in_features
+            block.attn.qkv.weight[:d] *= 8.0
+            block.attn.qkv.bias[:d] *= 8.0
+    return wrap(vit, spec="timm ViT, queries x 8")
 
 
 def arrays(model: ProbedViT, feature: str, placement: str = "aligned") -> StimulusBatch:
@@ -132,11 +150,11 @@ def brute_force(model: ProbedViT, stim: StimulusBatch) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("placement", ["aligned", "straddling"])
 def test_streamed_equals_brute_force(placement):
     torch.set_num_threads(1)
-    model = zoo.make("timm-vit")
+    model = sharpened()
     size = model.preprocess.input_size
     stim = StimulusBatch.stack([
         popout_stimulus(size, model.patch_size, feature=f, level=lv, jitter=0.3, seed=s,
-                        cell=1, placement=placement)
+                        cell=2, placement=placement)
         for f, lv, s in (("orientation", 1.0, 0), ("colour", 0.5, 1), ("size", 0.0, 2))])
     fast = measure_arrays(model, stim, batch_size=2)  # two batches: 2 + 1
     slow = brute_force(model, stim)
@@ -148,3 +166,38 @@ def test_streamed_equals_brute_force(placement):
                                rtol=0)
     np.testing.assert_allclose(fast["angle_distractors"], slow["angle_distractors"],
                                atol=1e-6, rtol=0)
+
+
+def test_surround_equals_brute_force():
+    """Centre responses and centre-to-surround attention, batched and gathered, against
+    explicit loops over the centre's tokens and every key (float64)."""
+    torch.set_num_threads(1)
+    model = sharpened()
+    pre, L, H = model.arch.n_prefix, model.n_layers, model.n_heads
+    size = model.preprocess.input_size
+    stim = StimulusBatch.stack([
+        surround_stimulus(size, model.patch_size, feature=f, relation=r, distance=d, seed=s,
+                          cell=2)
+        for f, r, d, s in (("orientation", "iso", 1, 0), ("colour", "cross", 2, 1),
+                           ("orientation", "none", 1, 2))])
+    surround = np.stack([m["surround"] for m in stim.meta])
+    fast = measure_surround(model, stim, surround, batch_size=2)  # two batches: 2 + 1
+    sites = [f"blocks.{layer}.{k}" for layer in range(L)
+             for k in ("attn.pattern", "attn.out", "mlp.out")]
+    for n in range(len(stim)):
+        _, cache = model.run_with_cache(pixels_of(model, stim.images[n:n + 1]), sites)
+        w = stim.weights[n].astype(np.float64)
+        centre = w[stim.target[n]] / w[stim.target[n]].sum()
+        region = np.minimum(sum(w[e] for e in np.nonzero(surround[n])[0]), 1.0)
+        for layer in range(L):
+            for s, kind in enumerate(("attn.out", "mlp.out")):
+                x = cache[f"blocks.{layer}.{kind}"][0, pre:].double().numpy()
+                response = sum(centre[i] * x[i] for i in np.nonzero(centre)[0])
+                np.testing.assert_allclose(fast["response"][n, layer, s], response,
+                                           rtol=1e-12, atol=1e-12)
+            A = cache[f"blocks.{layer}.attn.pattern"][0].double().numpy()[:, pre:, pre:]
+            for h in range(H):
+                mass = sum(centre[i] * sum(A[h, i, j] * region[j] for j in range(len(region)))
+                           for i in np.nonzero(centre)[0])
+                assert fast["attention"][n, layer, h] == pytest.approx(mass, rel=1e-12,
+                                                                       abs=1e-15)

@@ -22,7 +22,11 @@ and the attention mass the centre's tokens give to the surround cells (summed ov
 surround's tokens, averaged over the centre's tokens), per head.
 
 All reductions run in float64 on patterns that the recorder recomputes in float32 from
-the q and k the model used.
+the q and k the model used. An element covers a handful of patches (4 to 9 at the
+default cell of 2 patches), so no reduction multiplies a whole (T, T) pattern by the
+(patch, element) weights: what the elements' tokens receive from *all* patch queries
+is one column sum per key, from which the queries inside the element (a small block
+per element, gathered) are subtracted; the centre's rows are gathered the same way.
 """
 
 from __future__ import annotations
@@ -59,6 +63,38 @@ def _cls_index(model: ProbedViT) -> int | None:
 def _normalised(weights: torch.Tensor) -> torch.Tensor:
     total = weights.sum(-1, keepdim=True)
     return weights / total.clamp_min(1e-12)
+
+
+def _footprints(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch indices of each element's footprint, padded: (B, E, K) long, and a (B, E, K)
+    float64 mask (1 on the footprint, 0 on padding); ``K`` is the largest footprint."""
+    inside = weights > 0
+    k = max(int(inside.sum(-1).max()), 1)
+    # stable sort of "not inside" puts each footprint's patches first, in patch order
+    order = torch.argsort((~inside).to(torch.uint8), dim=-1, stable=True)[..., :k]
+    return order, torch.gather(inside, -1, order).double()
+
+
+def _received_from_outside(pattern: torch.Tensor, pre: int, weights: torch.Tensor,
+                           idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``r_e = sum_{i outside e} sum_p A[i, p] w_e[p] / #outside``, per head, float64.
+
+    pattern (B, H, T, T); weights (B, E, P) normalised per element; idx, mask from
+    :func:`_footprints`. Returns (B, H, E). All patch queries' attention to key p (a
+    column sum) less that of the queries inside e: only e's (K, K) block is gathered.
+    """
+    B, H, T, _ = pattern.shape
+    E, K = idx.shape[1:]
+    column = pattern[:, :, pre:, pre:].sum(-2, dtype=torch.float64)  # (B, H, P)
+    from_all = column @ weights.mT  # (B, H, E)
+    tok = idx + pre
+    flat = (tok[..., :, None] * T + tok[..., None, :]).reshape(B, 1, E * K * K)
+    block = torch.gather(pattern.reshape(B, H, T * T), 2, flat.expand(B, H, -1))
+    block = block.double().reshape(B, H, E, K, K)  # (query k1, key k2) inside e
+    w_key = torch.gather(weights, 2, idx)  # (B, E, K): w_e at the footprint's patches
+    from_inside = torch.einsum("bhekl,bek,bel->bhe", block, mask, w_key)
+    n_out = weights.shape[-1] - mask.sum(-1)  # (B, E)
+    return (from_all - from_inside) / n_out[:, None]
 
 
 def _against_distractors(recv: torch.Tensor, target: torch.Tensor,
@@ -132,16 +168,12 @@ def measure_arrays(
         target = torch.from_numpy(stim.target[sl])
         valid = W.sum(-1) > 0
         Wn = _normalised(W)
-        outside = (W == 0).double()
-        n_out = outside.sum(-1)  # (B, E)
+        idx, mask = _footprints(W)
         for layer in range(L):
-            A = cache[f"blocks.{layer}.attn.pattern"].double()
-            app = A[:, :, pre:, pre:]
-            X = app @ Wn.mT[:, None]  # (B, H, P, E): query i to element e
-            recv = torch.einsum("bhie,bei->bhe", X, outside) / n_out[:, None]
-            sources = [recv]
+            A = cache[f"blocks.{layer}.attn.pattern"]
+            sources = [_received_from_outside(A, pre, Wn, idx, mask)]
             if cls is not None:
-                sources.append(torch.einsum("bhp,bep->bhe", A[:, :, cls, pre:], Wn))
+                sources.append(torch.einsum("bhp,bep->bhe", A[:, :, cls, pre:].double(), Wn))
             for s, r in enumerate(sources):
                 ratio, pct = _against_distractors(r, target, valid)
                 out["log2_ratio"][sl, layer, :, s] = ratio.numpy()
@@ -206,15 +238,21 @@ def measure_surround(
         W = torch.from_numpy(stim.weights[sl]).double()
         b = torch.arange(W.shape[0])
         centre = _normalised(W)[b, torch.from_numpy(stim.target[sl])]  # (B, P)
+        # the centre's few tokens, padded: indices (B, K) and their weights (0 on padding)
+        rows, _ = _footprints(centre[:, None])
+        rows = rows[:, 0]
+        w_rows = torch.gather(centre, 1, rows)
         mask = torch.from_numpy(surround[sl]).double()  # (B, E)
         region = (mask[:, :, None] * W).sum(1).clamp(max=1.0)  # (B, P) surround tokens
         for layer in range(L):
             for s, kind in enumerate(("attn.out", "mlp.out")):
                 x = cache[f"blocks.{layer}.{kind}"][:, pre:].double()
                 out["response"][sl, layer, s] = torch.einsum("bp,bpd->bd", centre, x).numpy()
-            A = cache[f"blocks.{layer}.attn.pattern"][:, :, pre:, pre:].double()
-            mass = torch.einsum("bhij,bj->bhi", A, region)
-            out["attention"][sl, layer] = torch.einsum("bhi,bi->bh", mass, centre).numpy()
+            A = cache[f"blocks.{layer}.attn.pattern"]
+            index = (rows + pre)[:, None, :, None].expand(-1, A.shape[1], -1, A.shape[-1])
+            A_rows = torch.gather(A, 2, index)[..., pre:].double()  # (B, H, K, P)
+            mass = torch.einsum("bhkj,bj->bhk", A_rows, region)
+            out["attention"][sl, layer] = torch.einsum("bhk,bk->bh", mass, w_rows).numpy()
         del cache
         if progress is not None:
             progress(f"salience centre-surround: {sl.stop}/{N} stimuli")

@@ -290,8 +290,9 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
         coords["cross_distance"] = ("pair", dbin[acc.cross[:, 2]],
                                     {"long_name": "rounded distance", "units": "patches"})
     ds = xr.Dataset(data_vars, coords=coords)
-    ds["edges"].encoding.update({"zlib": True, "complevel": 4})
-    ds["joint_counts"].encoding.update({"zlib": True, "complevel": 4})
+    # the float32 quantile edges compress by 4 % at a cost of ~2 s for DINOv2-S/14: stored
+    # plain; the sparse integer counts shrink several-fold (byte shuffle + zlib)
+    ds["joint_counts"].encoding.update({"zlib": True, "complevel": 4, "shuffle": True})
     ds.attrs.update(layout_attrs(lay))
     ds.attrs.update({
         "statistic": "mutual information of central neurons against distance",

@@ -108,7 +108,7 @@ def combine_results(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
                 arr[tuple(idx_dst)] = src[tuple(idx_src)]
         out[name] = xr.DataArray(arr, dims=var.dims, attrs=var.attrs)
         out[name].encoding.update({k: v for k, v in var.encoding.items()
-                                   if k in ("zlib", "complevel")})
+                                   if k in ("zlib", "complevel", "shuffle")})
     out = out[list(first.data_vars)]  # the passes' variable order
     out.attrs = dict(first.attrs)
     measured_set = set(flat)
