@@ -11,7 +11,11 @@ Layout of the npz:
   ``p<pass>/<model>/<analysis>/<file>`` (pass from 0): the finished passes' final
   states and the current pass's counts so far.
 * ``calibration/<key>/<name>``: the current pass's states right after calibration
-  (empty counts): the starting point of every rank when resuming.
+  (empty counts): the starting point of every rank when resuming. Most of it is either
+  the same bytes as the counted state (edges, means) or zeros (counts), so large arrays
+  of those two kinds are not stored twice: ``layout`` lists them.
+* ``layout``: JSON (utf-8 bytes): ``{"same": [calibration array names equal, byte for
+  byte, to the same array of the current pass's state], "zeros": {name: [shape, dtype]}}``.
 * ``progress``: JSON (utf-8 bytes) with the fields of :class:`Progress`.
 """
 
@@ -30,7 +34,11 @@ from vitprobe.cache import atomic_write
 from vitprobe.errors import ResultsError
 from vitprobe.runfolder import CHECKPOINT
 
-FORMAT = 2
+FORMAT = 3
+#: formats this version reads (2 stored every calibration array in full)
+READABLE_FORMATS = (2, 3)
+#: calibration arrays from this size on are checked for being a copy or zeros
+_DEDUPE_BYTES = 1 << 16
 
 States = dict[str, dict[str, np.ndarray]]
 
@@ -86,13 +94,47 @@ def _flatten(prefix: str, states: Mapping[str, Mapping[str, np.ndarray]]) -> dic
 def save(directory: Path, checkpoint: Checkpoint) -> Path:
     """Write the checkpoint atomically; the previous one stays if writing fails."""
     path = Path(directory) / CHECKPOINT
-    arrays = (_flatten("state", checkpoint.states)
-              | _flatten("calibration", checkpoint.calibration))
-    arrays["progress"] = np.frombuffer(json.dumps(asdict(checkpoint.progress)).encode(),
-                                       dtype=np.uint8)
+    arrays = _flatten("state", checkpoint.states)
+    calibration, layout = _calibration_arrays(checkpoint)
+    arrays |= calibration
+    arrays["layout"] = _json_bytes(layout)
+    arrays["progress"] = _json_bytes(asdict(checkpoint.progress))
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     return path
+
+
+def _json_bytes(value: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+
+
+def _bytes_of(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def _calibration_arrays(checkpoint: Checkpoint) -> tuple[dict[str, np.ndarray], dict]:
+    """The calibration arrays to store and the layout of those left out (byte-for-byte
+    copies of the current pass's counted state, and all-zero arrays)."""
+    arrays: dict[str, np.ndarray] = {}
+    layout: dict[str, Any] = {"same": [], "zeros": {}}
+    current = checkpoint.progress.pass_index
+    for key, state in checkpoint.calibration.items():
+        counted = checkpoint.states.get(state_key(current, *key.split("/")), {})
+        for name, value in state.items():
+            value = np.asarray(value)
+            full = f"{key}/{name}"
+            if value.nbytes >= _DEDUPE_BYTES and value.dtype != object:
+                twin = counted.get(name)
+                if (twin is not None and twin.dtype == value.dtype
+                        and twin.shape == value.shape
+                        and np.array_equal(_bytes_of(twin), _bytes_of(value))):
+                    layout["same"].append(full)
+                    continue
+                if not _bytes_of(value).any():
+                    layout["zeros"][full] = [list(value.shape), value.dtype.str]
+                    continue
+            arrays[f"calibration/{full}"] = value
+    return arrays, layout
 
 
 def load(directory: Path) -> Checkpoint:
@@ -109,16 +151,26 @@ def load(directory: Path) -> Checkpoint:
     try:
         with np.load(path, allow_pickle=False) as data:
             raw: dict[str, Any] = json.loads(bytes(data["progress"]).decode())
+            if raw.get("format") not in READABLE_FORMATS:
+                raise ValueError(f"format {raw.get('format')} (this vitprobe reads "
+                                 f"{', '.join(map(str, READABLE_FORMATS))})")
+            layout: dict[str, Any] = ({"same": [], "zeros": {}} if "layout" not in data.files
+                                      else json.loads(bytes(data["layout"]).decode()))
             for name in data.files:
-                if name == "progress":
+                if name in ("progress", "layout"):
                     continue
                 section, rest = name.split("/", 1)
                 key, array_name = rest.rsplit("/", 1)
                 target = states if section == "state" else calibration
                 target.setdefault(key, {})[array_name] = data[name]
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"format {raw.get('format')} (this vitprobe writes {FORMAT})")
         progress = Progress(**raw)
+        for full in layout["same"]:
+            key, array_name = full.rsplit("/", 1)
+            twin = states[state_key(progress.pass_index, *key.split("/"))][array_name]
+            calibration.setdefault(key, {})[array_name] = twin.copy()
+        for full, (shape, dtype) in layout["zeros"].items():
+            key, array_name = full.rsplit("/", 1)
+            calibration.setdefault(key, {})[array_name] = np.zeros(shape, np.dtype(dtype))
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
         raise ResultsError(
             f"the checkpoint {path} is unreadable ({err}); start over with --force") from err
