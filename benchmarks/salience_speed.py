@@ -44,17 +44,13 @@ def main() -> None:
 
 
 def battery_ratio(model, args: argparse.Namespace) -> None:
-    from vitprobe.salience.battery import (
-        SalienceConfig,
-        conjunction_set,
-        popout_set,
-        surround_set,
-    )
+    from vitprobe.salience.battery import SalienceConfig, stimulus_sets
     from vitprobe.salience.measure import measure_arrays, measure_surround, pixels_of
 
     cfg = SalienceConfig(seeds=args.seeds, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    sets = [popout_set(model, cfg), conjunction_set(model, cfg), surround_set(model, cfg)]
+    generated = stimulus_sets(model, cfg)
+    sets = [generated.popout, generated.conjunction, generated.surround]
     generate = time.perf_counter() - t0
     n = sum(len(s) for s in sets)
     masks = np.stack([m["surround"] for m in sets[2].meta])

@@ -91,6 +91,31 @@ def test_measure_salience_python_call():
     assert list(ds["feature"].values) == ["colour"]
 
 
+def test_models_of_one_geometry_share_their_stimuli(monkeypatch):
+    """A model and its control are measured on the same stimuli, generated once; stimuli
+    of another geometry are refused, naming both."""
+    from vitprobe.salience import battery
+
+    torch.set_num_threads(1)
+    cfg = battery.SalienceConfig(seeds=2, levels=2, cell=1, features=("colour",),
+                                 placements=("aligned",), jitters=(0.0,),
+                                 surround_distances=(1,), eigen_layers=())
+    made = []
+    original = battery.stimulus_sets
+    monkeypatch.setattr(battery, "stimulus_sets",
+                        lambda m, c: made.append(m.spec) or original(m, c))
+    models = {TRAINED: zoo.make("timm-vit"), RANDOM_INIT: zoo.make("timm-vit", seed=1)}
+    shared = battery.salience_datasets(models, cfg)
+    assert len(made) == 1
+    alone = battery.salience_dataset(models[RANDOM_INIT], cfg)  # its own stimuli
+    np.testing.assert_array_equal(shared[RANDOM_INIT]["popout_log2_ratio"],
+                                  alone["popout_log2_ratio"])
+    stimuli = original(models[TRAINED], cfg)
+    bigger = zoo.make("timm-dinov2-reg4")  # 56 px, patch 14: another geometry
+    with pytest.raises(ValueError, match=r"generated for input and patch size"):
+        battery.salience_dataset(bigger, cfg, stimuli=stimuli)
+
+
 def test_eigen_targets_are_modes_of_the_folded_form():
     model = zoo.make("timm-vit")
     t = eigen_targets(model, 1)

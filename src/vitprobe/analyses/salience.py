@@ -114,14 +114,10 @@ class SalienceAnalysis(Analysis):
 
     def run(self, models: Mapping[str, ProbedViT], context: Context,
             progress: Callable[[str], None] | None = None) -> Datasets:
-        from vitprobe.salience.battery import SalienceConfig, salience_dataset
+        from vitprobe.salience.battery import SalienceConfig, salience_datasets
 
         cfg = SalienceConfig.from_options(context.options)
-        parts = {}
-        for name, model in models.items():
-            if progress is not None:
-                progress(f"salience: {name}")
-            parts[name] = salience_dataset(model, cfg, progress=progress)
+        parts = salience_datasets(models, cfg, progress=progress, announce=True)
         return {"salience": stack_models(parts)}
 
     def findings(self, datasets: Datasets) -> list[str]:

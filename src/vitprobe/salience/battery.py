@@ -26,7 +26,8 @@ from vitprobe.salience import stimuli as st
 from vitprobe.salience.measure import attention_maps, measure_arrays, measure_surround
 from vitprobe.schema import RANDOM_INIT, TRAINED, stack_models
 
-__all__ = ["SalienceConfig", "measure_salience", "salience_dataset"]
+__all__ = ["SalienceConfig", "StimulusSets", "measure_salience", "salience_dataset",
+           "salience_datasets", "stimulus_sets"]
 
 Progress = Callable[[str], None] | None
 
@@ -121,6 +122,30 @@ def surround_set(model: ProbedViT, cfg: SalienceConfig) -> st.StimulusBatch:
     return st.StimulusBatch.stack(items)
 
 
+@dataclass(frozen=True)
+class StimulusSets:
+    """The battery's three stimulus sets for one input geometry (models of the same input
+    size and patch size, such as a model and its random-init control, share them)."""
+
+    geometry: tuple[tuple[int, int], int]  # (input size, patch size)
+    popout: st.StimulusBatch
+    conjunction: st.StimulusBatch
+    surround: st.StimulusBatch
+
+    def fits(self, model: ProbedViT) -> bool:
+        return self.geometry == _geometry(model)
+
+
+def _geometry(model: ProbedViT) -> tuple[tuple[int, int], int]:
+    return tuple(model.preprocess.input_size), int(model.patch_size)  # type: ignore[return-value]
+
+
+def stimulus_sets(model: ProbedViT, cfg: SalienceConfig) -> StimulusSets:
+    """Generate the pop-out, conjunction and centre-surround sets at ``model``'s geometry."""
+    return StimulusSets(_geometry(model), popout_set(model, cfg), conjunction_set(model, cfg),
+                        surround_set(model, cfg))
+
+
 # -- statistics -----------------------------------------------------------------------------
 def mean_ci(da: xr.DataArray, dim: str = "seed") -> tuple[xr.DataArray, xr.DataArray,
                                                            xr.DataArray]:
@@ -144,15 +169,28 @@ def _add_ci(ds: xr.Dataset, name: str, source: str, attrs: dict[str, str]) -> No
 
 # -- one model ------------------------------------------------------------------------------
 def salience_dataset(model: ProbedViT, cfg: SalienceConfig | None = None, *,
-                     progress: Progress = None) -> xr.Dataset:
-    """The battery on one model (no ``model`` dimension)."""
+                     progress: Progress = None,
+                     stimuli: StimulusSets | None = None) -> xr.Dataset:
+    """The battery on one model (no ``model`` dimension).
+
+    ``stimuli``: sets from :func:`stimulus_sets` with ``cfg`` at this model's geometry, to
+    reuse across models (generated here when None).
+    """
     cfg = cfg or SalienceConfig()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    parts = [_popout(model, cfg, progress), _conjunction(model, cfg, progress)]
+    if stimuli is None:
+        stimuli = stimulus_sets(model, cfg)
+    elif not stimuli.fits(model):
+        raise ValueError(f"the stimuli were generated for input and patch size "
+                         f"{stimuli.geometry}, not {_geometry(model)} of {model.spec}")
+    timings["generate_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parts = [_popout(model, cfg, stimuli.popout, progress),
+             _conjunction(model, cfg, stimuli.conjunction, progress)]
     timings["arrays_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    parts.append(_surround(model, cfg, progress))
+    parts.append(_surround(model, cfg, stimuli.surround, progress))
     timings["surround_s"] = time.perf_counter() - t0
     layers = _eigen_layers(model, cfg)
     if layers:
@@ -191,8 +229,8 @@ def _eigen_layers(model: ProbedViT, cfg: SalienceConfig) -> tuple[int, ...]:
 _SOURCE = ("patches", "cls")
 
 
-def _popout(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> xr.Dataset:
-    stim = popout_set(model, cfg)
+def _popout(model: ProbedViT, cfg: SalienceConfig, stim: st.StimulusBatch,
+            progress: Progress) -> xr.Dataset:
     raw = measure_arrays(model, stim, batch_size=cfg.batch_size, progress=progress)
     shape = (len(cfg.features), cfg.levels, len(cfg.jitters), len(cfg.placements), cfg.seeds)
     cond = ("feature", "level", "jitter", "placement", "seed")
@@ -268,8 +306,8 @@ def _popout(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> xr.Dat
     return ds
 
 
-def _conjunction(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> xr.Dataset:
-    stim = conjunction_set(model, cfg)
+def _conjunction(model: ProbedViT, cfg: SalienceConfig, stim: st.StimulusBatch,
+                 progress: Progress) -> xr.Dataset:
     raw = measure_arrays(model, stim, batch_size=cfg.batch_size, progress=progress)
     shape = (2, len(cfg.placements), cfg.seeds)
     cond = ("conjunction", "placement", "seed")
@@ -292,8 +330,8 @@ def _conjunction(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> x
     return ds
 
 
-def _surround(model: ProbedViT, cfg: SalienceConfig, progress: Progress) -> xr.Dataset:
-    stim = surround_set(model, cfg)
+def _surround(model: ProbedViT, cfg: SalienceConfig, stim: st.StimulusBatch,
+              progress: Progress) -> xr.Dataset:
     mask = np.stack([m["surround"] for m in stim.meta])
     raw = measure_surround(model, stim, mask, batch_size=cfg.batch_size, progress=progress)
     nf, nr, nd = len(st.SURROUND_FEATURES), len(st.RELATIONS), len(cfg.surround_distances)
@@ -385,6 +423,24 @@ def measure_salience(
                 raise ValueError(f"control must be {RANDOM_INIT!r} or a model, not {control!r}")
             control = load_model(model.spec, pretrained=False)
         models[RANDOM_INIT if TRAINED in models else "control"] = control
-    return stack_models({name: salience_dataset(m, cfg, progress=progress)
-                         for name, m in models.items()})
+    return stack_models(salience_datasets(models, cfg, progress=progress))
+
+
+def salience_datasets(models: Mapping[str, ProbedViT], cfg: SalienceConfig, *,
+                      progress: Progress = None,
+                      announce: bool = False) -> dict[str, xr.Dataset]:
+    """:func:`salience_dataset` of every model, generating each geometry's stimuli once
+    (a model and its random-init control see the same stimuli). ``announce``: a progress
+    line naming each model first."""
+    sets: list[StimulusSets] = []
+    out = {}
+    for name, model in models.items():
+        if announce and progress is not None:
+            progress(f"salience: {name}")
+        stimuli = next((s for s in sets if s.fits(model)), None)
+        if stimuli is None:
+            stimuli = stimulus_sets(model, cfg)
+            sets.append(stimuli)
+        out[name] = salience_dataset(model, cfg, progress=progress, stimuli=stimuli)
+    return out
 
