@@ -28,6 +28,13 @@ def test_bad_options_are_named():
         StudyConfig(control="shuffled-weights")
     with pytest.raises(VitprobeError, match="memory size"):
         StudyConfig(memory_budget="lots")
+    for forgot_the_unit in ("8", "0.5", 2):
+        with pytest.raises(VitprobeError, match=r"without a unit is bytes.*e\.g\. "
+                           f"{forgot_the_unit}GB"):
+            StudyConfig(memory_budget=forgot_the_unit)
+    with pytest.raises(VitprobeError, match="must be positive"):
+        StudyConfig(memory_budget="0MB")
+    assert StudyConfig(memory_budget="0.5GB").memory_budget == 500_000_000
     with pytest.raises(VitprobeError, match="batch-size"):
         StudyConfig(batch_size=0)
     assert StudyConfig().n_images == 512 and StudyConfig().is_demo

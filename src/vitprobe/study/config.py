@@ -43,6 +43,20 @@ def parse_bytes(text: str | int | float) -> int:
     return int(number * base**power)
 
 
+#: below this a unitless memory budget is taken for a forgotten unit (no MI group fits)
+_LEAST_BUDGET = 1 << 20
+
+
+def _unitless(value: str | int | float) -> bool:
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything ``vitprobe run`` needs; defaults give the offline demo.
@@ -109,7 +123,8 @@ class StudyConfig:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "out", Path(self.out))
         set_(self, "analyses", tuple(dict.fromkeys(self.analyses)))
-        set_(self, "memory_budget", parse_bytes(self.memory_budget))
+        raw_budget = self.memory_budget
+        set_(self, "memory_budget", parse_bytes(raw_budget))
         set_(self, "options", dict(self.options))
         unknown = [a for a in self.analyses if a not in REGISTRY]
         if unknown or not self.analyses:
@@ -136,6 +151,11 @@ class StudyConfig:
             if value is not None and value < least:
                 raise ConfigurationError(
                     f"{name.replace('_', '-')} must be >= {least}, got {value}")
+        if self.memory_budget < _LEAST_BUDGET and _unitless(raw_budget):
+            # "--memory-budget 8" or "0.5" meant gigabytes, not bytes
+            raise ConfigurationError(
+                f"memory budget {raw_budget!r} is {self.memory_budget} bytes (a number without "
+                f"a unit is bytes); write the unit, e.g. {raw_budget}GB")
         if self.memory_budget <= 0:
             raise ConfigurationError(f"memory budget must be positive, got {self.memory_budget}")
         if self.checkpoint_every_s < 0:  # 0: after every batch
