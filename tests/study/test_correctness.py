@@ -401,6 +401,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 1, err
         assert "Traceback" not in err and "No space left" in err and "--resume" in err
+        assert "the previous checkpoint is kept" in err
         assert runfolder.status(out) in ("failed", "stopped")  # never "running"
         assert _progress(out) is not None  # the last good checkpoint is intact
         leftovers = [*out.glob(".*.tmp"), *(out / "results").glob(".*.tmp")]

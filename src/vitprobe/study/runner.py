@@ -273,8 +273,11 @@ class Study:
                                             + time.perf_counter() - t0)
         except OSError as err:
             # a full disk: the previous checkpoint is intact (atomic write); go on counting
+            kept = ("the previous checkpoint is kept"
+                    if (self.out / runfolder.CHECKPOINT).exists()
+                    else "there is no earlier checkpoint: an interruption now loses the run")
             self.log(f"warning: could not write a checkpoint to {self.out} ({err.strerror}); "
-                     "the previous checkpoint is kept")
+                     f"{kept}")
             if self._stopping:
                 raise
 
