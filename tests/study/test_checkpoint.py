@@ -78,3 +78,32 @@ def test_unknown_format_is_refused_naming_the_file(tmp_path):
     ckpt.save(tmp_path, ckpt.Checkpoint({}, {}, progress))
     with pytest.raises(ResultsError, match=r"checkpoint\.npz is unreadable .*format 99"):
         ckpt.load(tmp_path)
+
+
+def test_checkpoints_follow_the_interval_from_calibration_on(tmp_path, monkeypatch):
+    """A run shorter than the interval writes only the checkpoint that guards its results
+    (deleted once they are written); interval 0 also checkpoints the calibration and every
+    batch. The real files are written either way (a spy, not a stand-in)."""
+    from vitprobe.study import run_study
+
+    saved: list[tuple[int, bool, int]] = []
+    real_save = ckpt.save
+
+    def spy(directory, checkpoint):
+        p = checkpoint.progress
+        saved.append((p.pass_index, p.calibrated, len(p.done_chunks)))
+        return real_save(directory, checkpoint)
+
+    monkeypatch.setattr(ckpt, "save", spy)
+    options = dict(model="imgfocus-dinov2-s14", images="demo?crops=2", n_images=24,
+                   batch_size=8, calibration_images=8, analyses=("moments", "angles"),
+                   control=None, workers=0, report=False, progress=False)
+    run_study(out=tmp_path / "short", **options)
+    assert saved == [(1, False, 0)]
+    assert not (tmp_path / "short" / CHECKPOINT).exists()
+    saved.clear()
+    run_study(out=tmp_path / "every", checkpoint_every_s=0, **options)
+    assert saved[0] == (0, True, 1)  # calibrated, its chunk counted
+    assert saved[-1] == (1, False, 0)
+    # calibration, the two later batches, the end of the pass, then the final one
+    assert len(saved) == 1 + 2 + 1 + 1

@@ -269,8 +269,9 @@ class Study:
         t0 = time.perf_counter()
         try:
             ckpt.save(self.out, ckpt.Checkpoint(states, self.calibration, progress))
+            self.last_checkpoint = time.perf_counter()
             self.timings["checkpoint_s"] = (self.timings.get("checkpoint_s", 0.0)
-                                            + time.perf_counter() - t0)
+                                            + self.last_checkpoint - t0)
         except OSError as err:
             # a full disk: the previous checkpoint is intact (atomic write); go on counting
             kept = ("the previous checkpoint is kept"
@@ -356,7 +357,7 @@ class Study:
             bar = tqdm(total=plan.n_images, initial=before, desc=label, unit="img",
                        dynamic_ncols=True, postfix={"procs": world.size})
         t0 = time.perf_counter()
-        last_checkpoint = last_log = t0
+        last_log = t0
         counted = 0
         # a batch is one chunk (skips only shrink it; a chunk skipped whole yields no batch)
         chunk_of = np.repeat(np.asarray(mine, dtype=np.int64),
@@ -381,7 +382,7 @@ class Study:
                     mine_done.update(pending)
                     pending = []
                 now = time.perf_counter()
-                due = int(now - last_checkpoint >= cfg.checkpoint_every_s)
+                due = int(now - self.last_checkpoint >= cfg.checkpoint_every_s)
                 stop_flag, active, due, images = dist.all_reduce_sum(
                     world, [int(bool(stop.requested)), int(batch is not None), due, n])
                 counted += images
@@ -400,7 +401,6 @@ class Study:
                     self._stopping = bool(stop_flag)
                     states, all_done = self._gather(accs, pass_index, mine_done)
                     self._save_checkpoint(pass_index, states, all_done, True)
-                    last_checkpoint = time.perf_counter()
                 if stop_flag:
                     if bar is not None:
                         bar.close()
@@ -430,10 +430,15 @@ class Study:
                     if self.world.is_main and key in current:
                         acc.load_state_dict(current[key])
             else:
-                self.calibration, counted = self._calibrate(accs)
-                done = counted
-                states, done = self._gather(accs, p, done)
-                self._save_checkpoint(p, states, done, True)
+                self.calibration, done = self._calibrate(accs)
+                # like any counted work, the calibration is checkpointed when a checkpoint
+                # is due (a signal still writes one at once): a run shorter than the
+                # interval writes no multi-gigabyte file it deletes moments later
+                due = (time.perf_counter() - self.last_checkpoint
+                       >= self.config.checkpoint_every_s)
+                if dist.broadcast_from_main(self.world, due):
+                    states, done = self._gather(accs, p, done)
+                    self._save_checkpoint(p, states, done, True)
                 done = dist.broadcast_from_main(self.world, done)
             done = self._stream_pass(p, accs, done, stop)
             states, _ = self._gather(accs, p, done)
@@ -447,7 +452,7 @@ class Study:
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> StudyResult:
         cfg, world = self.config, self.world
-        self.t_start = time.perf_counter()
+        self.t_start = self.last_checkpoint = time.perf_counter()
         self.elapsed_before = 0.0
         self.finished: dict[str, dict[str, np.ndarray]] = {}
         self.calibration: dict[str, dict[str, np.ndarray]] = {}
