@@ -3,6 +3,8 @@ and the eigen-stimulus targets and search."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib
 import numpy as np
 import pytest
@@ -114,6 +116,9 @@ def test_models_of_one_geometry_share_their_stimuli(monkeypatch):
     bigger = zoo.make("timm-dinov2-reg4")  # 56 px, patch 14: another geometry
     with pytest.raises(ValueError, match=r"generated for input and patch size"):
         battery.salience_dataset(bigger, cfg, stimuli=stimuli)
+    more_seeds = dataclasses.replace(cfg, seeds=3)  # other stimuli: refused, not reshaped
+    with pytest.raises(ValueError, match=r"seeds=2.*seeds=3"):
+        battery.salience_dataset(models[TRAINED], more_seeds, stimuli=stimuli)
 
 
 def test_eigen_targets_are_modes_of_the_folded_form():

@@ -124,16 +124,18 @@ def surround_set(model: ProbedViT, cfg: SalienceConfig) -> st.StimulusBatch:
 
 @dataclass(frozen=True)
 class StimulusSets:
-    """The battery's three stimulus sets for one input geometry (models of the same input
-    size and patch size, such as a model and its random-init control, share them)."""
+    """The battery's three stimulus sets for one configuration and input geometry (models
+    of the same input size and patch size, such as a model and its random-init control,
+    share them)."""
 
+    config: SalienceConfig
     geometry: tuple[tuple[int, int], int]  # (input size, patch size)
     popout: st.StimulusBatch
     conjunction: st.StimulusBatch
     surround: st.StimulusBatch
 
-    def fits(self, model: ProbedViT) -> bool:
-        return self.geometry == _geometry(model)
+    def fits(self, model: ProbedViT, cfg: SalienceConfig) -> bool:
+        return self.geometry == _geometry(model) and self.config == cfg
 
 
 def _geometry(model: ProbedViT) -> tuple[tuple[int, int], int]:
@@ -142,8 +144,8 @@ def _geometry(model: ProbedViT) -> tuple[tuple[int, int], int]:
 
 def stimulus_sets(model: ProbedViT, cfg: SalienceConfig) -> StimulusSets:
     """Generate the pop-out, conjunction and centre-surround sets at ``model``'s geometry."""
-    return StimulusSets(_geometry(model), popout_set(model, cfg), conjunction_set(model, cfg),
-                        surround_set(model, cfg))
+    return StimulusSets(cfg, _geometry(model), popout_set(model, cfg),
+                        conjunction_set(model, cfg), surround_set(model, cfg))
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -181,9 +183,10 @@ def salience_dataset(model: ProbedViT, cfg: SalienceConfig | None = None, *,
     t0 = time.perf_counter()
     if stimuli is None:
         stimuli = stimulus_sets(model, cfg)
-    elif not stimuli.fits(model):
-        raise ValueError(f"the stimuli were generated for input and patch size "
-                         f"{stimuli.geometry}, not {_geometry(model)} of {model.spec}")
+    elif not stimuli.fits(model, cfg):
+        raise ValueError(
+            f"the stimuli were generated for input and patch size {stimuli.geometry} and "
+            f"{stimuli.config}, not {_geometry(model)} of {model.spec} and {cfg}")
     timings["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     parts = [_popout(model, cfg, stimuli.popout, progress),
@@ -437,7 +440,7 @@ def salience_datasets(models: Mapping[str, ProbedViT], cfg: SalienceConfig, *,
     for name, model in models.items():
         if announce and progress is not None:
             progress(f"salience: {name}")
-        stimuli = next((s for s in sets if s.fits(model)), None)
+        stimuli = next((s for s in sets if s.fits(model, cfg)), None)
         if stimuli is None:
             stimuli = stimulus_sets(model, cfg)
             sets.append(stimuli)
