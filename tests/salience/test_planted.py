@@ -178,10 +178,18 @@ def test_surround_equals_brute_force():
     stim = StimulusBatch.stack([
         surround_stimulus(size, model.patch_size, feature=f, relation=r, distance=d, seed=s,
                           cell=2)
-        for f, r, d, s in (("orientation", "iso", 1, 0), ("colour", "cross", 2, 1),
-                           ("orientation", "none", 1, 2))])
+        for f, r, d, s in (("orientation", "none", 1, 2), ("orientation", "iso", 1, 0),
+                           ("colour", "cross", 2, 1), ("orientation", "none", 2, 2))])
+    # the centre alone at distances 1 and 2: one image, two surround masks
+    np.testing.assert_array_equal(stim.images[0], stim.images[3])
     surround = np.stack([m["surround"] for m in stim.meta])
-    fast = measure_surround(model, stim, surround, batch_size=2)  # two batches: 2 + 1
+    assert (surround[0] != surround[3]).any()
+    forwarded: list[int] = []
+    stream = model.stream
+    model.stream = lambda batches, sites: stream(
+        (forwarded.append(len(b)) or b for b in batches), sites)
+    fast = measure_surround(model, stim, surround, batch_size=2)
+    assert forwarded == [2, 1]  # 3 distinct images, each forwarded once
     sites = [f"blocks.{layer}.{k}" for layer in range(L)
              for k in ("attn.pattern", "attn.out", "mlp.out")]
     for n in range(len(stim)):

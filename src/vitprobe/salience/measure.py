@@ -31,6 +31,7 @@ per element, gathered) are subtracted; the centre's rows are gathered the same w
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -50,9 +51,28 @@ def pixels_of(model: ProbedViT, images: np.ndarray) -> torch.Tensor:
     return normalize(images, model.preprocess).to(model.device)
 
 
-def _batches(stim: StimulusBatch, batch_size: int) -> Iterator[slice]:
-    for start in range(0, len(stim), batch_size):
-        yield slice(start, min(start + batch_size, len(stim)))
+def _batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def _distinct(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``first`` (U,): index of the first of each distinct image; ``which`` (N,): the
+    distinct image of every image (``images[i]`` equals ``images[first[which[i]]]``)."""
+    first: list[int] = []
+    seen: dict[bytes, list[int]] = {}
+    which = np.empty(len(images), np.int64)
+    for i, image in enumerate(images):
+        key = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        # a digest match is confirmed pixel for pixel before two forwards become one
+        match = next((u for u in seen.get(key, ()) if np.array_equal(images[first[u]], image)),
+                     None)
+        if match is None:
+            match = len(first)
+            first.append(i)
+            seen.setdefault(key, []).append(match)
+        which[i] = match
+    return np.asarray(first, np.int64), which
 
 
 def _cls_index(model: ProbedViT) -> int | None:
@@ -161,7 +181,7 @@ def measure_arrays(
         "angle_distractors": np.full((N, L), np.nan),
     }
     sites = [f"blocks.{layer}.{kind}" for layer in range(L) for kind in ("ln1", "attn.pattern")]
-    chunks = list(_batches(stim, batch_size))
+    chunks = list(_batches(N, batch_size))
     pixel_batches = (pixels_of(model, stim.images[sl]) for sl in chunks)
     for sl, (_, cache) in zip(chunks, model.stream(pixel_batches, sites), strict=True):
         W = torch.from_numpy(stim.weights[sl]).double()  # (B, E, P)
@@ -232,30 +252,41 @@ def measure_surround(
     out = {"response": np.full((N, L, 2, D), np.nan), "attention": np.full((N, L, H), np.nan)}
     sites = [f"blocks.{layer}.{kind}" for layer in range(L)
              for kind in ("attn.pattern", "attn.out", "mlp.out")]
-    chunks = list(_batches(stim, batch_size))
-    pixel_batches = (pixels_of(model, stim.images[sl]) for sl in chunks)
+    # the centre alone is the same image at every surround distance (only the surround
+    # mask differs): each distinct image is forwarded once and read for all its stimuli
+    first, which = _distinct(stim.images)
+    chunks = list(_batches(len(first), batch_size))
+    pixel_batches = (pixels_of(model, stim.images[first[sl]]) for sl in chunks)
+    done = 0
     for sl, (_, cache) in zip(chunks, model.stream(pixel_batches, sites), strict=True):
-        W = torch.from_numpy(stim.weights[sl]).double()
+        members = np.flatnonzero((which >= sl.start) & (which < sl.stop))
+        image = torch.from_numpy(which[members] - sl.start)  # each stimulus's batch row
+        W = torch.from_numpy(stim.weights[members]).double()
         b = torch.arange(W.shape[0])
-        centre = _normalised(W)[b, torch.from_numpy(stim.target[sl])]  # (B, P)
+        centre = _normalised(W)[b, torch.from_numpy(stim.target[members])]  # (B, P)
         # the centre's few tokens, padded: indices (B, K) and their weights (0 on padding)
         rows, _ = _footprints(centre[:, None])
         rows = rows[:, 0]
         w_rows = torch.gather(centre, 1, rows)
-        mask = torch.from_numpy(surround[sl]).double()  # (B, E)
+        mask = torch.from_numpy(surround[members]).double()  # (B, E)
         region = (mask[:, :, None] * W).sum(1).clamp(max=1.0)  # (B, P) surround tokens
         for layer in range(L):
             for s, kind in enumerate(("attn.out", "mlp.out")):
-                x = cache[f"blocks.{layer}.{kind}"][:, pre:].double()
-                out["response"][sl, layer, s] = torch.einsum("bp,bpd->bd", centre, x).numpy()
+                x = cache[f"blocks.{layer}.{kind}"][image, pre:].double()
+                out["response"][members, layer, s] = torch.einsum("bp,bpd->bd", centre,
+                                                                  x).numpy()
             A = cache[f"blocks.{layer}.attn.pattern"]
-            index = (rows + pre)[:, None, :, None].expand(-1, A.shape[1], -1, A.shape[-1])
-            A_rows = torch.gather(A, 2, index)[..., pre:].double()  # (B, H, K, P)
+            heads = torch.arange(A.shape[1])
+            # (B, H, K, P): the centre's query rows of each stimulus's image
+            A_rows = A[image[:, None, None], heads[None, :, None],
+                       (rows + pre)[:, None, :]][..., pre:].double()
             mass = torch.einsum("bhkj,bj->bhk", A_rows, region)
-            out["attention"][sl, layer] = torch.einsum("bhk,bk->bh", mass, w_rows).numpy()
+            out["attention"][members, layer] = torch.einsum("bhk,bk->bh", mass,
+                                                            w_rows).numpy()
         del cache
+        done += len(members)
         if progress is not None:
-            progress(f"salience centre-surround: {sl.stop}/{N} stimuli")
+            progress(f"salience centre-surround: {done}/{N} stimuli")
     return out
 
 
