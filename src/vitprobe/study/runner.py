@@ -269,9 +269,8 @@ class Study:
         t0 = time.perf_counter()
         try:
             ckpt.save(self.out, ckpt.Checkpoint(states, self.calibration, progress))
-            self.last_checkpoint = time.perf_counter()
             self.timings["checkpoint_s"] = (self.timings.get("checkpoint_s", 0.0)
-                                            + self.last_checkpoint - t0)
+                                            + time.perf_counter() - t0)
         except OSError as err:
             # a full disk: the previous checkpoint is intact (atomic write); go on counting
             kept = ("the previous checkpoint is kept"
@@ -281,6 +280,10 @@ class Study:
                      f"{kept}")
             if self._stopping:
                 raise
+        finally:
+            # the next one is due an interval after this attempt, written or not (a full
+            # disk is not retried after every batch)
+            self.last_checkpoint = time.perf_counter()
 
     def _restore(self) -> tuple[int, dict, set[int], bool]:
         saved = ckpt.load(self.out)
@@ -382,7 +385,8 @@ class Study:
                     mine_done.update(pending)
                     pending = []
                 now = time.perf_counter()
-                due = int(now - self.last_checkpoint >= cfg.checkpoint_every_s)
+                # rank 0 writes the checkpoints, so its clock decides (the sum tells all)
+                due = int(world.is_main and now - self.last_checkpoint >= cfg.checkpoint_every_s)
                 stop_flag, active, due, images = dist.all_reduce_sum(
                     world, [int(bool(stop.requested)), int(batch is not None), due, n])
                 counted += images
