@@ -78,12 +78,9 @@ def _mi_both(c: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _curve(mi_pc: np.ndarray, dbin: np.ndarray, nd: int) -> np.ndarray:
     """(..., P, C) MI -> (..., C, D): mean over the positions at each rounded distance."""
-    out = np.full((*mi_pc.shape[:-2], mi_pc.shape[-1], nd), np.nan)
-    for d in range(nd):
-        sel = dbin == d
-        vals = mi_pc[..., sel, :]
-        if not np.isnan(vals).all():
-            out[..., d] = nanmean(vals, axis=-2)
+    out = np.empty((*mi_pc.shape[:-2], mi_pc.shape[-1], nd))
+    for d in range(nd):  # a distance without values (none there, or all NaN) gives NaN
+        out[..., d] = nanmean(mi_pc[..., dbin == d, :], axis=-2)
     return out
 
 
@@ -157,9 +154,8 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
         halves[:, cp] = np.nan
         mi[li, si] = full.T
         curves = _curve(full, dbin, nd)  # (C, D)
-        with np.errstate(invalid="ignore"):
-            curve[li, si] = nanmean(curves, axis=0) if c else np.nan
-            curve_std[li, si] = nanstd(curves, axis=0, ddof=1) if c > 1 else np.nan
+        curve[li, si] = nanmean(curves, axis=0) if c else np.nan
+        curve_std[li, si] = nanstd(curves, axis=0, ddof=1) if c > 1 else np.nan
         curve_mm[li, si] = nanmean(_curve(mm, dbin, nd), axis=0)
         if h == 2:
             mi_half[:, li, si] = halves.transpose(0, 2, 1)

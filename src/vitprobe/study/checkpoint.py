@@ -124,13 +124,14 @@ def _calibration_arrays(checkpoint: Checkpoint) -> tuple[dict[str, np.ndarray], 
             value = np.asarray(value)
             full = f"{key}/{name}"
             if value.nbytes >= _DEDUPE_BYTES and value.dtype != object:
+                raw = _bytes_of(value)
                 twin = counted.get(name)
                 if (twin is not None and twin.dtype == value.dtype
                         and twin.shape == value.shape
-                        and np.array_equal(_bytes_of(twin), _bytes_of(value))):
+                        and np.array_equal(_bytes_of(twin), raw)):
                     layout["same"].append(full)
                     continue
-                if not _bytes_of(value).any():
+                if not raw.any():
                     layout["zeros"][full] = [list(value.shape), value.dtype.str]
                     continue
             arrays[f"calibration/{full}"] = value

@@ -254,6 +254,13 @@ class Study:
         self.streamer.skipped = _unique(s for g in gathered for s in g[2])
         return states, {c for g in gathered for c in g[1]}
 
+    def _checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_every_s`` has passed since the last checkpoint attempt.
+        Rank 0 writes the checkpoints, so only its clock counts (False elsewhere; callers
+        share rank 0's answer)."""
+        return self.world.is_main and (time.perf_counter() - self.last_checkpoint
+                                       >= self.config.checkpoint_every_s)
+
     def _save_checkpoint(self, pass_index: int, current: dict | None, done: set[int],
                          calibrated: bool) -> None:
         if not self.world.is_main:
@@ -336,7 +343,7 @@ class Study:
     def _stream_pass(self, pass_index: int, accs: dict[str, Accumulator], done: set[int],
                      stop: _Stop) -> set[int]:
         """Count every chunk not in ``done``; return the done chunks (merged on rank 0)."""
-        world, cfg, plan = self.world, self.config, self.plan
+        world, plan = self.world, self.plan
         remaining = [i for i in range(plan.n_chunks) if i not in done]
         mine = plan.for_rank(remaining, world.rank, world.size)
         # rank 0 holds the counts of chunks done before (calibration, an earlier session)
@@ -385,8 +392,7 @@ class Study:
                     mine_done.update(pending)
                     pending = []
                 now = time.perf_counter()
-                # rank 0 writes the checkpoints, so its clock decides (the sum tells all)
-                due = int(world.is_main and now - self.last_checkpoint >= cfg.checkpoint_every_s)
+                due = int(self._checkpoint_due())
                 stop_flag, active, due, images = dist.all_reduce_sum(
                     world, [int(bool(stop.requested)), int(batch is not None), due, n])
                 counted += images
@@ -438,9 +444,7 @@ class Study:
                 # like any counted work, the calibration is checkpointed when a checkpoint
                 # is due (a signal still writes one at once): a run shorter than the
                 # interval writes no multi-gigabyte file it deletes moments later
-                due = (time.perf_counter() - self.last_checkpoint
-                       >= self.config.checkpoint_every_s)
-                if dist.broadcast_from_main(self.world, due):
+                if dist.broadcast_from_main(self.world, self._checkpoint_due()):
                     states, done = self._gather(accs, p, done)
                     self._save_checkpoint(p, states, done, True)
                 done = dist.broadcast_from_main(self.world, done)
