@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vitprobe.errors import ResultsError
-from vitprobe.runfolder import CHECKPOINT
+from vitprobe.runfolder import CHECKPOINT, read_manifest
 from vitprobe.study import checkpoint as ckpt
 
 
@@ -101,9 +101,11 @@ def test_checkpoints_follow_the_interval_from_calibration_on(tmp_path, monkeypat
     run_study(out=tmp_path / "short", **options)
     assert saved == [(1, False, 0)]
     assert not (tmp_path / "short" / CHECKPOINT).exists()
+    assert read_manifest(tmp_path / "short")["checkpoints_written"] == 1
     saved.clear()
     run_study(out=tmp_path / "every", checkpoint_every_s=0, **options)
     assert saved[0] == (0, True, 1)  # calibrated, its chunk counted
     assert saved[-1] == (1, False, 0)
     # calibration, the two later batches, the end of the pass, then the final one
     assert len(saved) == 1 + 2 + 1 + 1
+    assert read_manifest(tmp_path / "every")["checkpoints_written"] == len(saved)

@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo) gives the numbers of 1 process; a killed rank resumes."""
+"""torchrun with 2 CPU processes (gloo) gives the numbers of 1 process; a killed rank resumes;
+checkpoints follow rank 0's interval."""
 
 from __future__ import annotations
 
@@ -47,3 +48,22 @@ def test_killed_rank_then_resume(reference_run, tmp_path):
     # resume with a different world size: the checkpoint lists images, not ranks
     run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(out), "--no-report", "--resume"))
     assert_same_results(reference_run, out)
+
+
+def test_two_processes_checkpoint_on_rank_0s_interval(tmp_path):
+    """Every rank votes on checkpoints each batch, but only rank 0 writes them and knows
+    when the last one was written: with many quick batches and a short interval the run
+    writes about one per interval, not one per batch once the first interval is over."""
+    interval = 1.0
+    out = tmp_path / "interval"
+    run(torchrun_cmd(2, "run", "--model", "timm:vit_tiny_patch16_224", "--random-init",
+                     "--control", "none", "--images", "demo?crops=8", "--n-images", "96",
+                     "--batch-size", "1", "--calibration-images", "8", "--workers", "0",
+                     "--analyses", "moments", "--checkpoint-every", str(interval),
+                     "--no-report", "--out", str(out)))
+    manifest = runfolder.read_manifest(out)
+    pass_s = manifest["timings_s"]["pass1_s"]
+    assert pass_s > 3 * interval, "the pass must outlast a few intervals for this test"
+    # at most one per interval of the pass, the calibration's and the pass's closing one
+    assert 2 <= manifest["checkpoints_written"] <= pass_s / interval + 3, (
+        manifest["checkpoints_written"], pass_s)

@@ -276,6 +276,7 @@ class Study:
         t0 = time.perf_counter()
         try:
             ckpt.save(self.out, ckpt.Checkpoint(states, self.calibration, progress))
+            self.checkpoints_written += 1
             self.timings["checkpoint_s"] = (self.timings.get("checkpoint_s", 0.0)
                                             + time.perf_counter() - t0)
         except OSError as err:
@@ -461,6 +462,7 @@ class Study:
     def run(self) -> StudyResult:
         cfg, world = self.config, self.world
         self.t_start = self.last_checkpoint = time.perf_counter()
+        self.checkpoints_written = 0  # by this invocation (rank 0 writes them)
         self.elapsed_before = 0.0
         self.finished: dict[str, dict[str, np.ndarray]] = {}
         self.calibration: dict[str, dict[str, np.ndarray]] = {}
@@ -542,6 +544,7 @@ class Study:
         result.n_images = len(self.ids) - len({s[0] for s in skipped})
         manifest.write_ended(
             self.out, self.run_info, "complete", n_images_counted=result.n_images,
+            checkpoints_written=self.checkpoints_written,
             skipped=[{"path": p, "reason": r} for p, r in skipped],
             timings_s={k: round(v, 3) for k, v in result.timings.items()},
             results={name: str(path.relative_to(self.out))
