@@ -22,6 +22,15 @@ _FINGERPRINT_KEYS = ("model", "images", "n_images", "seed", "analyses", "control
                      "memory_budget", "pretrained", "options")
 
 
+def _is_number(text: str) -> bool:
+    """A plain number, without a unit (``"8"``, ``"0.5"``, ``"2e9"``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_bytes(text: str | int | float) -> int:
     """``"4GB"``, ``"512MiB"``, ``2e9`` -> bytes.
 
@@ -30,10 +39,8 @@ def parse_bytes(text: str | int | float) -> int:
     """
     if isinstance(text, int | float):
         return int(text)
-    try:
-        return int(float(text))  # plain numbers, also "2e9"
-    except ValueError:
-        pass
+    if _is_number(text):  # plain numbers, also "2e9"
+        return int(float(text))
     match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?i?b?)\s*", str(text).lower())
     if not match:
         raise ConfigurationError(f"cannot read memory size {text!r} (examples: 4GB, 512MiB)")
@@ -45,16 +52,6 @@ def parse_bytes(text: str | int | float) -> int:
 
 #: below this a unitless memory budget is taken for a forgotten unit (no MI group fits)
 _LEAST_BUDGET = 1 << 20
-
-
-def _unitless(value: str | int | float) -> bool:
-    if isinstance(value, int | float):
-        return True
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -151,7 +148,8 @@ class StudyConfig:
             if value is not None and value < least:
                 raise ConfigurationError(
                     f"{name.replace('_', '-')} must be >= {least}, got {value}")
-        if self.memory_budget < _LEAST_BUDGET and _unitless(raw_budget):
+        if self.memory_budget < _LEAST_BUDGET and (isinstance(raw_budget, int | float)
+                                                   or _is_number(raw_budget)):
             # "--memory-budget 8" or "0.5" meant gigabytes, not bytes
             raise ConfigurationError(
                 f"memory budget {raw_budget!r} is {self.memory_budget} bytes (a number without "
