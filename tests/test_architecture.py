@@ -23,8 +23,8 @@ Decisions (each a rule below, not an accident of the parser):
 * Importing ``a.b.c`` also initialises the packages ``a`` and ``a.b``; those implicit
   parent imports are not edges. A parent package is entered before its children, so
   a child that imports something its parent's ``__init__`` also imports is ordinary
-  package structure, not a cycle (``vitprobe.stats.__init__`` imports
-  ``vitprobe.stats.joint``, which imports ``vitprobe.stats.binning``).
+  package structure, not a cycle (``vitprobe.record.__init__`` imports
+  ``vitprobe.record.recorder``, which imports ``vitprobe.record.sites``).
 * Cycles are checked twice: between modules, and between the top-level units
   (``vitprobe.stats``, ``vitprobe.study``, ... and each module at the root such as
   ``vitprobe.cache``), because two packages that import each other through

@@ -17,39 +17,39 @@ distributed (moments, kurtosis).
   pairs; their conditional statistics in :mod:`vitprobe.stats.conditional`).
 * :class:`NeuronLayout` - the neuron geometry of a model; :func:`plan_passes` - the
   memory-budget planner.
+
+Public names are imported lazily (as in :mod:`vitprobe.attention`): the report's drawing
+processes read :mod:`vitprobe.stats.conditional` without paying for torch and numba.
 """
 
-from vitprobe.stats.binning import choose_bins, digitize, quantile_edges
-from vitprobe.stats.bowtie import BowtieCounts
-from vitprobe.stats.histograms import NeuronHistograms
-from vitprobe.stats.joint import JointCounts
-from vitprobe.stats.ksg import mutual_info_ksg
-from vitprobe.stats.layout import NeuronLayout, site_name
-from vitprobe.stats.mi import coarsen_counts, gaussian_copula_mi, mi_from_counts, mutual_info
-from vitprobe.stats.moments import NeuronMoments
-from vitprobe.stats.planning import MemoryEstimate, describe_plan, joint_memory, plan_passes
-from vitprobe.stats.results import combine_results, open_results, save_results
+from __future__ import annotations
 
-__all__ = [
-    "BowtieCounts",
-    "JointCounts",
-    "MemoryEstimate",
-    "NeuronHistograms",
-    "NeuronLayout",
-    "NeuronMoments",
-    "choose_bins",
-    "coarsen_counts",
-    "combine_results",
-    "describe_plan",
-    "digitize",
-    "gaussian_copula_mi",
-    "joint_memory",
-    "mi_from_counts",
-    "mutual_info",
-    "mutual_info_ksg",
-    "open_results",
-    "plan_passes",
-    "quantile_edges",
-    "save_results",
-    "site_name",
-]
+from vitprobe._lazy import lazy_exports
+
+_EXPORTS = {
+    "choose_bins": "vitprobe.stats.binning",
+    "digitize": "vitprobe.stats.binning",
+    "quantile_edges": "vitprobe.stats.binning",
+    "BowtieCounts": "vitprobe.stats.bowtie",
+    "NeuronHistograms": "vitprobe.stats.histograms",
+    "JointCounts": "vitprobe.stats.joint",
+    "mutual_info_ksg": "vitprobe.stats.ksg",
+    "NeuronLayout": "vitprobe.stats.layout",
+    "site_name": "vitprobe.stats.layout",
+    "coarsen_counts": "vitprobe.stats.mi",
+    "gaussian_copula_mi": "vitprobe.stats.mi",
+    "mi_from_counts": "vitprobe.stats.mi",
+    "mutual_info": "vitprobe.stats.mi",
+    "NeuronMoments": "vitprobe.stats.moments",
+    "MemoryEstimate": "vitprobe.stats.planning",
+    "describe_plan": "vitprobe.stats.planning",
+    "joint_memory": "vitprobe.stats.planning",
+    "plan_passes": "vitprobe.stats.planning",
+    "combine_results": "vitprobe.stats.results",
+    "open_results": "vitprobe.stats.results",
+    "save_results": "vitprobe.stats.results",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -75,7 +75,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import t as student_t
 
 from vitprobe.errors import ConfigurationError, InputShapeError
 
@@ -490,6 +489,8 @@ def jackknife_interval(estimate: np.ndarray, replicates: np.ndarray, *, axis: in
     """
     if not 0 < level < 1:
         raise ConfigurationError(f"level must be in (0, 1), got {level}")
+    from scipy.stats import t as student_t  # 1.3 s to import: not for every plot
+
     r = np.moveaxis(np.asarray(replicates, np.float64), axis, 0)
     ok = np.isfinite(r)
     g = ok.sum(0)
