@@ -41,6 +41,7 @@ from vitprobe.analyses import REGISTRY, get_analysis
 from vitprobe.analyses.base import Analysis, FigureSpec, ReportSection
 from vitprobe.cache import atomic_write
 from vitprobe.errors import ResultsError
+from vitprobe.plots.common import freeze_layout
 from vitprobe.report.explorer import explorer_html
 from vitprobe.report.html import RenderedFigure, render_page
 from vitprobe.resources import available_cpus
@@ -188,6 +189,7 @@ def _save(fig: Figure, png: Path, pdf: Path | None) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # constrained layout on tiny grids
+        freeze_layout(fig, DPI)
         with atomic_write(png) as tmp:
             fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
         if pdf is not None:

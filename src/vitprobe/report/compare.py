@@ -50,6 +50,7 @@ from matplotlib.figure import Figure
 
 from vitprobe.cache import atomic_write
 from vitprobe.errors import IncomparableRunsError, ResultsError
+from vitprobe.plots.common import freeze_layout
 from vitprobe.schema import MODEL_DIM, TRAINED, model_style, stack_models
 
 __all__ = [
@@ -669,6 +670,7 @@ def _figures(comparison: Comparison, table: pd.DataFrame) -> list[tuple[str, str
 
 def _fig_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
+    freeze_layout(fig, 110)
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     return buf.getvalue()
 
