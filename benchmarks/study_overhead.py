@@ -68,18 +68,30 @@ def counting_pass(args) -> None:
     batches = demo_batches(model, cfg, 2)  # one to calibrate, one to time
     decode_s = (time.perf_counter() - t0) / sum(len(b["ids"]) for b in batches)
     recorder = Recorder(model, sites)
+    #: seconds of each part of the counting batches, when ``parts`` is given
+    part_s: dict[str, list[float]] = {}
 
-    def run_batch(pixels: torch.Tensor, consume) -> None:
+    def run_batch(pixels: torch.Tensor, consume, parts: bool = False) -> None:
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            clock.append(time.perf_counter())
+            if parts:
+                part_s.setdefault(name, []).append(clock[-1] - clock[-2])
+
         with recorder:
             with torch.inference_mode():
                 model.adapter.forward(pixels)
             cache = recorder.pop()
+            lap("forward + recording")
             for t in cache.values():  # the runner's check of every recorded site
                 if t.is_floating_point():
                     nonfinite_rows(t)
             cache[IMAGE_INDEX] = torch.arange(pixels.shape[0])
-            for acc in accs.values():
+            lap("non-finite check")
+            for name, acc in accs.items():
                 consume(acc, cache)
+                lap(name)
 
     t0 = time.perf_counter()
     run_batch(batches[0]["pixels"], lambda acc, c: acc.calibrate(c) if acc.needs_calibration
@@ -95,7 +107,7 @@ def counting_pass(args) -> None:
             model.adapter.forward(pixels)
 
     def counting() -> None:
-        run_batch(pixels, lambda acc, c: acc.update(c))
+        run_batch(pixels, lambda acc, c: acc.update(c), parts=True)
 
     one_pass = ", ".join(k for k, a in accs.items() if getattr(a, "counts_calibration", False))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.model}, "
@@ -133,6 +145,11 @@ def counting_pass(args) -> None:
         print(f"{label:22s} {'  '.join(f'{x:.3f}' for x in r)}  (rounds; median "
               f"{statistics.median(r):.3f}{'; target <= 1.2' if retained else ''}); page "
               f"faults per batch {statistics.median(faults[retained]):,.0f}")
+    # where the counting goes: each part's median (both heap settings pooled) over the
+    # plain forward's; the parts add up to about the ratio above
+    p = statistics.median(plain_s)
+    print("counting pass by part, over the plain forward: " + ", ".join(
+        f"{name} {statistics.median(v) / p:.3f}" for name, v in part_s.items()))
     print(f"decoding (one process) {decode_s * 1e3:7.1f} ms per image (the loader's workers, "
           "beside the forward)")
     print(f"first batch incl. calibration {calib_s:.1f} s")
