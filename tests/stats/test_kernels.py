@@ -76,6 +76,41 @@ def test_histogram_kernel_equals_reference(monkeypatch):
     assert got["hist"][0].sum() == 40 * LAYOUT.n_positions * 24  # outer bins catch the tails
 
 
+@pytest.mark.parametrize("halves", [1, 2])
+def test_miller_madow_halves_read_a_strided_view_like_the_reference(monkeypatch, halves):
+    """The split-half kernel on the accumulator's own layout (a permuted view, read in
+    place) equals the reference on contiguous copies: the summed tables and each half,
+    fine and coarsened, with empty tables and counts beyond the k log k table."""
+    from vitprobe.stats.mi import miller_madow_fine_coarse, miller_madow_halves_fine_coarse
+
+    rng = np.random.default_rng(1)
+    # stored as (H, C, B_x, P, B_y), as JointCounts keeps them; viewed as (H, P, C, B_x, B_y)
+    stored = rng.poisson(rng.gamma(2.0, 4.0, size=(halves, 5, 1, 7, 1)),
+                         size=(halves, 5, 8, 7, 6))
+    stored[:, 2, :, 3] = 0  # (P 3, C 2): empty in every half: NaN
+    stored[0, 1, 4, 0, 5] = 3_000_000  # beyond the 2^20 entries of the k log k table
+    for dtype in (np.int32, np.int64):
+        view = stored.astype(dtype).transpose(0, 3, 1, 2, 4)
+        assert not view.flags.c_contiguous
+        monkeypatch.setenv("VITPROBE_JIT", "1")
+        got = miller_madow_halves_fine_coarse(view)
+        monkeypatch.setenv("VITPROBE_JIT", "0")
+        ref = miller_madow_halves_fine_coarse(view)
+        monkeypatch.setenv("VITPROBE_JIT", "1")
+        fine, coarse = miller_madow_fine_coarse(np.ascontiguousarray(view.sum(0)))
+        assert [g.shape for g in got] == [(7, 5), (7, 5), (halves, 7, 5), (halves, 7, 5)]
+        for g, r, name in zip(got, ref, ("fine", "coarse", "fine_h", "coarse_h"), strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-13, err_msg=name)
+        np.testing.assert_allclose(got[0], fine, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(got[1], coarse, rtol=1e-12, atol=1e-13)
+        for k in range(halves):
+            hf, hc = miller_madow_fine_coarse(np.ascontiguousarray(view[k]))
+            np.testing.assert_allclose(got[2][k], hf, rtol=1e-12, atol=1e-13)
+            np.testing.assert_allclose(got[3][k], hc, rtol=1e-12, atol=1e-13)
+        assert np.isnan(got[0][3, 2]) and np.isnan(got[2][:, 3, 2]).all()
+        assert np.isfinite(got[0][0, 1])  # the huge count's table
+
+
 def test_miller_madow_kernel_equals_reference(monkeypatch):
     """Fine and coarsened Miller-Madow MI of many tables: empty tables, counts beyond the
     k log k table, int32 and int64, and the extrapolated estimate built from them."""

@@ -25,7 +25,7 @@ from vitprobe.stats._pebay import combine_moments
 _combine_moments = njit(combine_moments)
 
 __all__ = ["bowtie_update", "digitize_rows", "histogram_update", "joint_update",
-           "miller_madow_rows", "moments_update"]
+           "miller_madow_halves", "miller_madow_rows", "moments_update"]
 
 #: neurons per block of the binning loop: block edges (B-1 x 2048 float32, 120 kB at
 #: B = 16) stay in L2 while every image of the batch is binned against them
@@ -321,6 +321,78 @@ def miller_madow_rows(c: np.ndarray, nlogn: np.ndarray, fine: np.ndarray,
                     cs += _klogk(v, nlogn)
         coarse[r] = _mm_from_sums(cx.reshape(bx // 2, 2).sum(1),
                                   cy.reshape(by // 2, 2).sum(1), cs, cnz, nlogn)
+
+
+@njit
+def miller_madow_halves(c: np.ndarray, nlogn: np.ndarray, fine: np.ndarray,
+                        coarse: np.ndarray, fine_h: np.ndarray, coarse_h: np.ndarray
+                        ) -> None:
+    """:func:`miller_madow_rows` of the tables of ``H`` disjoint halves and of their sum,
+    read once, in place (any strides: the counts' own layout, no copy).
+
+    Args:
+        c: (H, P, C, B_x, B_y) non-negative integer counts, B_x and B_y even.
+        nlogn: as :func:`miller_madow_rows`.
+        fine, coarse: (P, C) float64 out: MI of the summed table and of its coarsening.
+        fine_h, coarse_h: (H, P, C) float64 out: the same of each half's table.
+    """
+    nh, n_p, n_c, bx, by = c.shape
+    slots = nh + 1 if nh > 1 else 1  # slot 0: the sum over halves; 1..H: each half
+    cx = np.zeros((slots, bx), np.int64)
+    cy = np.zeros((slots, by), np.int64)
+    cc = np.zeros((slots, bx // 2, by // 2), np.int64)
+    sxy = np.zeros(slots)
+    nz = np.zeros(slots, np.int64)
+    n_tab = nlogn.shape[0]
+    for p in range(n_p):
+        for k in range(n_c):
+            cx[:] = 0
+            cy[:] = 0
+            cc[:] = 0
+            sxy[:] = 0.0
+            nz[:] = 0
+            # most cells are empty at a few hundred images: no branch on v > 0 (0 log 0
+            # is the table's 0), so the loop does not stall on mispredicted branches
+            for i in range(bx):
+                i2 = i >> 1
+                for j in range(by):
+                    tot = np.int64(0)
+                    for h in range(nh):
+                        v = np.int64(c[h, p, k, i, j])
+                        tot += v
+                        if slots > 1:
+                            s = h + 1
+                            cx[s, i] += v
+                            cy[s, j] += v
+                            cc[s, i2, j >> 1] += v
+                            nz[s] += v > 0
+                            sxy[s] += nlogn[v] if v < n_tab else _klogk(v, nlogn)
+                    cx[0, i] += tot
+                    cy[0, j] += tot
+                    cc[0, i2, j >> 1] += tot
+                    nz[0] += tot > 0
+                    sxy[0] += nlogn[tot] if tot < n_tab else _klogk(tot, nlogn)
+            for s in range(slots):
+                f = _mm_from_sums(cx[s], cy[s], sxy[s], nz[s], nlogn)
+                cs = 0.0
+                cnz = 0
+                for i in range(bx // 2):
+                    for j in range(by // 2):
+                        v = cc[s, i, j]
+                        if v > 0:
+                            cnz += 1
+                            cs += _klogk(v, nlogn)
+                g = _mm_from_sums(cx[s].reshape(bx // 2, 2).sum(1),
+                                  cy[s].reshape(by // 2, 2).sum(1), cs, cnz, nlogn)
+                if s == 0:
+                    fine[p, k] = f
+                    coarse[p, k] = g
+                    if slots == 1:
+                        fine_h[0, p, k] = f
+                        coarse_h[0, p, k] = g
+                else:
+                    fine_h[s - 1, p, k] = f
+                    coarse_h[s - 1, p, k] = g
 
 
 @njit

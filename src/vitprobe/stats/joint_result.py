@@ -46,7 +46,12 @@ from vitprobe.stats._common import (
     layout_attrs,
     position_coords,
 )
-from vitprobe.stats.mi import KAPPA, mi_from_counts, miller_madow_fine_coarse
+from vitprobe.stats.mi import (
+    KAPPA,
+    mi_from_counts,
+    miller_madow_fine_coarse,
+    miller_madow_halves_fine_coarse,
+)
 from vitprobe.stats.nanreduce import nanmean, nanstd
 
 if TYPE_CHECKING:
@@ -143,13 +148,19 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
         mm = np.empty((p, c))
         halves = np.empty((h, p, c))
         counts = acc.canonical(gi)  # (H, P, C, B_x, B_y) view
-        for p0 in range(0, p, step):
-            cc = counts[:, p0 : p0 + step].cpu().numpy().astype(np.int64)
-            tot = cc.sum(0)
-            full[p0 : p0 + step], mm[p0 : p0 + step] = _mi_both(tot, method)
-            if h == 2:
-                for hh in range(2):
-                    halves[hh, p0 : p0 + step] = _mi_both(cc[hh], method)[0]
+        if method == "extrapolated":  # the default: every table read once, in place
+            mm, coarse, fine_h, coarse_h = miller_madow_halves_fine_coarse(
+                counts.cpu().numpy())
+            full = mm + KAPPA * (mm - coarse)
+            halves = fine_h + KAPPA * (fine_h - coarse_h)
+        else:
+            for p0 in range(0, p, step):
+                cc = counts[:, p0 : p0 + step].cpu().numpy().astype(np.int64)
+                tot = cc.sum(0)
+                full[p0 : p0 + step], mm[p0 : p0 + step] = _mi_both(tot, method)
+                if h == 2:
+                    for hh in range(2):
+                        halves[hh, p0 : p0 + step] = _mi_both(cc[hh], method)[0]
         full[cp] = mm[cp] = np.nan
         halves[:, cp] = np.nan
         mi[li, si] = full.T

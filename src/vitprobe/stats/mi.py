@@ -55,7 +55,7 @@ from scipy.special import ndtri
 
 from vitprobe._jit import jit_enabled
 from vitprobe.errors import ConfigurationError, InputShapeError, InsufficientDataError
-from vitprobe.stats._kernels import miller_madow_rows
+from vitprobe.stats._kernels import miller_madow_halves, miller_madow_rows
 from vitprobe.stats.binning import choose_bins, digitize, quantile_edges
 
 __all__ = ["coarsen_counts", "gaussian_copula_mi", "mi_from_counts", "mutual_info"]
@@ -111,6 +111,40 @@ def miller_madow_fine_coarse(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if len(rows):
         miller_madow_rows(rows, _nlogn_table(int(rows.max())), fine, coarse)
     return fine.reshape(lead), coarse.reshape(lead)
+
+
+def miller_madow_halves_fine_coarse(counts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`miller_madow_fine_coarse` of ``H`` halves' tables and of their sum.
+
+    Args:
+        counts: (H, P, C, B_x, B_y) integer tables of H disjoint halves of the images
+            (split-half reliability), in any memory layout: a strided view of the
+            accumulator's counts is read in place, without the copies that a contiguous
+            (..., B_x, B_y) stack would need.
+
+    Returns:
+        ``(fine, coarse, fine_h, coarse_h)``: (P, C) Miller-Madow MI (nats) of the summed
+        tables and of their 2 x 2 coarsenings, and (H, P, C) the same of each half.
+        ``VITPROBE_JIT=0`` computes them with :func:`miller_madow_fine_coarse`.
+    """
+    c = np.asarray(counts)
+    if c.ndim != 5:
+        raise InputShapeError(f"counts must be (H, P, C, B_x, B_y), got shape {c.shape}")
+    if not np.issubdtype(c.dtype, np.integer):
+        raise TypeError("counts must be integers")
+    h, n_p, n_c, bx, by = c.shape
+    if bx % 2 or by % 2:
+        raise ConfigurationError(f"bins ({bx}, {by}) not divisible by 2")
+    if not jit_enabled() or c.size == 0:
+        fine, coarse = miller_madow_fine_coarse(c.sum(0, dtype=np.int64))
+        halves = [miller_madow_fine_coarse(c[k]) for k in range(h)]
+        return (fine, coarse, np.stack([f for f, _ in halves]),
+                np.stack([g for _, g in halves]))
+    out = [np.empty((n_p, n_c)), np.empty((n_p, n_c)), np.empty((h, n_p, n_c)),
+           np.empty((h, n_p, n_c))]
+    # a table's cells never exceed its images; the k log k table is bounded anyway
+    miller_madow_halves(c, _nlogn_table(int(c.max()) * h), *out)
+    return tuple(out)
 
 
 def coarsen_counts(counts: ArrayLike, factor: int = 2) -> ArrayLike:
