@@ -9,8 +9,9 @@ fixed costs (everything but the counting pass) as a share of the default run (is
    plain forward of the same model on the same batch of demo images, in alternation
    (A B A B ...), several rounds, with the heap retained as ``run_study`` does
    (:func:`vitprobe.resources.retained_heap`) and, side by side, with glibc's defaults
-   (with page faults per batch). Decoding is timed apart (the loader's workers do it
-   beside the forward). Target <= 1.2.
+   (with page faults per batch), and each part of the counting batches over the plain
+   forward (forward + recording, the non-finite check, every accumulator's ``update``).
+   Decoding is timed apart (the loader's workers do it beside the forward). Target <= 1.2.
 2. Fixed costs: one default run, ``vitprobe.run_study()`` with the report, timed from
    outside and from ``manifest.json`` ``timings_s`` (``load_s``, ``calibration_s``,
    ``end_calibration_s``, ``pass1_s``, ``results_s`` and per analysis, ``report_s``,

@@ -203,3 +203,26 @@ def test_jackknife_of_a_mean_is_the_standard_error() -> None:
     assert float(hi - lo) == pytest.approx(2 * t * float(se))
     se, _, _ = jackknife_interval(np.asarray(1.0), np.array([np.nan, 1.0]))
     assert np.isnan(se)
+
+
+def test_rebinned_mi_of_point_masses_bins_the_points():
+    """Cells whose z interval has zero width (a degenerate y axis) put all their mass in
+    the z bin holding the point: the re-binned table is the points' table."""
+    from vitprobe.stats.conditional import _mi_fractional, _rebinned_mi, _weighted_quantiles
+
+    rng = np.random.default_rng(3)
+    c = rng.poisson(4.0, size=(3, 8, 6)).astype(np.float64)
+    lo = rng.normal(size=(3, 8, 6))
+    q = 4
+    got = _rebinned_mi(c, lo, lo.copy(), q)
+    edges = _weighted_quantiles(lo.reshape(3, -1), c.reshape(3, -1), np.arange(1, q) / q)
+    col = c.sum(-1)
+    mid = (np.cumsum(col, -1) - col / 2) / col.sum(-1, keepdims=True)
+    grp = np.minimum((mid * q).astype(int), q - 1)
+    table = np.zeros((3, q, q))
+    for li in range(3):
+        z = np.searchsorted(edges[li], lo[li], side="left")  # edges below the point
+        for x in range(8):
+            for y in range(6):
+                table[li, grp[li, x], z[x, y]] += c[li, x, y]
+    np.testing.assert_allclose(got, _mi_fractional(table), rtol=1e-12)

@@ -372,11 +372,21 @@ def _rebinned_mi(c: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: int) -> np.nd
     # z: edges at weighted quantiles of the cell midpoints
     zm = ((lo + hi) / 2).reshape(nl, -1)
     edges = _weighted_quantiles(zm, c.reshape(nl, -1), levels)  # (L, q - 1)
-    width = np.where(hi > lo, hi - lo, 1.0)
-    frac = np.clip((edges[:, None, None, :] - lo[..., None]) / width[..., None], 0.0, 1.0)
-    frac = np.where((hi > lo)[..., None], frac, (edges[:, None, None, :] >= lo[..., None]))
-    cdf = np.concatenate([np.zeros((*c.shape, 1)), frac, np.ones((*c.shape, 1))], -1)
-    mass = (c[..., None] * np.diff(cdf, axis=-1)).sum(-2)  # (L, B_x, q)
+    spread = hi > lo
+    # share of each cell's z interval below each edge (L, B_x, B_y, q - 1), formed in
+    # place: these are the largest arrays of the bowtie results
+    frac = edges[:, None, None, :] - lo[..., None]
+    frac /= np.where(spread, hi - lo, 1.0)[..., None]
+    np.clip(frac, 0.0, 1.0, out=frac)
+    point = ~spread  # a zero-width interval is wholly below an edge at or above it
+    if point.any():
+        frac[point] = edges[np.nonzero(point)[0]] >= lo[point][:, None]
+    # each cell's mass in each z bin: differences of [0, frac, 1] along the edges
+    share = np.empty((*c.shape, q))
+    share[..., 0] = frac[..., 0]
+    np.subtract(frac[..., 1:], frac[..., :-1], out=share[..., 1:-1])
+    np.subtract(1.0, frac[..., -1], out=share[..., -1])
+    mass = np.einsum("lxy,lxyz->lxz", c, share)  # (L, B_x, q)
     onehot = (grp[..., None] == np.arange(q)).astype(np.float64)  # (L, B_x, q)
     new = np.einsum("lxg,lxz->lgz", onehot, mass)
     return _mi_fractional(new)
