@@ -142,7 +142,7 @@ def miller_madow_halves_fine_coarse(counts: np.ndarray) -> tuple[np.ndarray, ...
                 np.stack([g for _, g in halves]))
     out = [np.empty((n_p, n_c)), np.empty((n_p, n_c)), np.empty((h, n_p, n_c)),
            np.empty((h, n_p, n_c))]
-    # a table's cells never exceed its images; the k log k table is bounded anyway
+    # a summed cell is at most H times the largest half's (the table is capped anyway)
     miller_madow_halves(c, _nlogn_table(int(c.max()) * h), *out)
     return tuple(out)
 
