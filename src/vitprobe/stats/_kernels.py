@@ -312,17 +312,7 @@ def miller_madow_rows(c: np.ndarray, nlogn: np.ndarray, fine: np.ndarray,
                 if v > 0:
                     nz += 1
                     sxy += _klogk(v, nlogn)
-        fine[r] = _mm_from_sums(cx, cy, sxy, nz, nlogn)
-        cs = 0.0
-        cnz = 0
-        for i in range(bx // 2):
-            for j in range(by // 2):
-                v = cc[i, j]
-                if v > 0:
-                    cnz += 1
-                    cs += _klogk(v, nlogn)
-        coarse[r] = _mm_from_sums(cx.reshape(bx // 2, 2).sum(1),
-                                  cy.reshape(by // 2, 2).sum(1), cs, cnz, nlogn)
+        fine[r], coarse[r] = _fine_coarse(cx, cy, cc, sxy, nz, nlogn)
 
 
 @njit
@@ -375,17 +365,7 @@ def miller_madow_halves(c: np.ndarray, nlogn: np.ndarray, fine: np.ndarray,
                     nz[0] += tot > 0
                     sxy[0] += nlogn[tot] if tot < n_tab else _klogk(tot, nlogn)
             for s in range(slots):
-                f = _mm_from_sums(cx[s], cy[s], sxy[s], nz[s], nlogn)
-                cs = 0.0
-                cnz = 0
-                for i in range(bx // 2):
-                    for j in range(by // 2):
-                        v = cc[s, i, j]
-                        if v > 0:
-                            cnz += 1
-                            cs += _klogk(v, nlogn)
-                g = _mm_from_sums(cx[s].reshape(bx // 2, 2).sum(1),
-                                  cy[s].reshape(by // 2, 2).sum(1), cs, cnz, nlogn)
+                f, g = _fine_coarse(cx[s], cy[s], cc[s], sxy[s], nz[s], nlogn)
                 if s == 0:
                     fine[p, k] = f
                     coarse[p, k] = g
@@ -395,6 +375,25 @@ def miller_madow_halves(c: np.ndarray, nlogn: np.ndarray, fine: np.ndarray,
                 else:
                     fine_h[s - 1, p, k] = f
                     coarse_h[s - 1, p, k] = g
+
+
+@njit
+def _fine_coarse(cx: np.ndarray, cy: np.ndarray, cc: np.ndarray, sxy: float, nz: int,
+                 nlogn: np.ndarray) -> tuple[float, float]:
+    """Miller-Madow MI of a table from its sums (marginals ``cx``, ``cy``, sum of
+    ``c log c``, non-empty cells) and of its 2 x 2 coarsening ``cc`` (B_x/2, B_y/2)."""
+    fine = _mm_from_sums(cx, cy, sxy, nz, nlogn)
+    cs = 0.0
+    cnz = 0
+    for i in range(cc.shape[0]):
+        for j in range(cc.shape[1]):
+            v = cc[i, j]
+            if v > 0:
+                cnz += 1
+                cs += _klogk(v, nlogn)
+    coarse = _mm_from_sums(cx.reshape(cc.shape[0], 2).sum(1),
+                           cy.reshape(cc.shape[1], 2).sum(1), cs, cnz, nlogn)
+    return fine, coarse
 
 
 @njit

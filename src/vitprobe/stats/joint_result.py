@@ -144,9 +144,6 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
     assert acc.edges is not None and acc.vmin is not None and acc.vmax is not None
     for gi, (layer, s) in enumerate(acc.groups):
         li, si = layers.index(layer), subs.index(s)
-        full = np.empty((p, c))
-        mm = np.empty((p, c))
-        halves = np.empty((h, p, c))
         counts = acc.canonical(gi)  # (H, P, C, B_x, B_y) view
         if method == "extrapolated":  # the default: every table read once, in place
             mm, coarse, fine_h, coarse_h = miller_madow_halves_fine_coarse(
@@ -154,6 +151,7 @@ def _joint_dataset(acc: JointCounts, keep_channels: int | Sequence[int],
             full = mm + KAPPA * (mm - coarse)
             halves = fine_h + KAPPA * (fine_h - coarse_h)
         else:
+            full, mm, halves = np.empty((p, c)), np.empty((p, c)), np.empty((h, p, c))
             for p0 in range(0, p, step):
                 cc = counts[:, p0 : p0 + step].cpu().numpy().astype(np.int64)
                 tot = cc.sum(0)
