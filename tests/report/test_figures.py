@@ -58,3 +58,35 @@ def test_a_figure_without_layout_engine_is_left_alone():
     position = ax.get_position().bounds
     freeze_layout(fig, 110)
     assert fig.get_layout_engine() is None and ax.get_position().bounds == position
+
+
+def test_save_figure_writes_one_draw_reproducible_files(tmp_path):
+    from vitprobe.plots.common import save_figure
+
+    reference = _png(_constrained_figure(), 110)
+    fig = _constrained_figure()
+    draws: list[int] = []
+    fig.canvas.mpl_connect("draw_event", lambda event: draws.append(1))
+    png = tmp_path / "sub" / "f.png"
+    save_figure(fig, png, dpi=110, close=False)
+    assert len(draws) == 1
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), reference)
+    pdf = tmp_path / "f.pdf"
+    save_figure(fig, pdf, fmt="pdf", close=False)
+    first = pdf.read_bytes()
+    save_figure(fig, pdf, fmt="pdf", close=False)
+    assert first.startswith(b"%PDF") and pdf.read_bytes() == first  # no creation date
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.pdf", "f.png", "sub"]  # no temp
+
+
+def test_save_figure_closes_pyplot_figures_and_writes_to_buffers():
+    import matplotlib.pyplot as plt
+
+    from vitprobe.plots.common import save_figure
+
+    fig, ax = plt.subplots(layout="constrained")
+    ax.plot([0, 1], [1, 0])
+    buf = io.BytesIO()
+    save_figure(fig, buf, dpi=60)
+    assert buf.getvalue().startswith(b"\x89PNG")
+    assert not plt.fignum_exists(fig.number)

@@ -19,7 +19,6 @@ Every function takes a Dataset from :mod:`vitprobe.attention` (with or without a
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from vitprobe.plots.common import as_results, model_color, model_label, model_names
+from vitprobe.plots.common import as_results, model_color, model_label, model_names, save_figure
 from vitprobe.schema import MODEL_DIM
 
 __all__ = [
@@ -303,12 +302,8 @@ def save_angle_figures(ds: xr.Dataset, out_dir: str | Path, *, dpi: int = 130) -
     paths = []
 
     def save(fig: Figure, name: str) -> None:
-        path = out / name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # constrained layout on tiny grids
-            fig.savefig(path, dpi=dpi)
-        plt.close(fig)
-        paths.append(path)
+        save_figure(fig, out / name, dpi=dpi)
+        paths.append(out / name)
 
     for variant in ds["variant"].values:
         for model in _models(ds):

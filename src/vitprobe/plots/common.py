@@ -7,17 +7,21 @@ or a bare accumulator Dataset (one model, no ``model`` dimension: what
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from typing import TYPE_CHECKING
 
 import xarray as xr
 
+from vitprobe.cache import atomic_write
 from vitprobe.schema import MODEL_DIM, TRAINED, model_style, split_models, stack_models
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["SUBLAYER_TITLES", "as_results", "freeze_layout", "model_color", "model_label",
-           "model_names", "split"]
+           "model_names", "save_figure", "split"]
 
 SUBLAYER_TITLES = {"attn": "MHA", "mlp": "MLP"}
 
@@ -70,3 +74,30 @@ def freeze_layout(fig: Figure, dpi: float) -> Figure:
     fig.set_layout_engine(None)
     fig.set_dpi(shown)
     return fig
+
+
+def save_figure(fig: Figure, dest: str | os.PathLike[str] | io.BytesIO, *, dpi: float = 110,
+                fmt: str = "png", close: bool = True) -> None:
+    """Write ``fig`` the one way every vitprobe figure is written.
+
+    The layout is frozen at ``dpi`` first (:func:`freeze_layout`: one draw instead of
+    two), constrained layout's warnings on tiny grids are silenced, the file carries no
+    creation date or software version (the same figure gives the same bytes), and a
+    path is written atomically (an interrupted save leaves no half-written file).
+    ``fmt``: ``"png"`` (raster at ``dpi``) or ``"pdf"`` (vector). ``close``: remove the
+    figure from pyplot's registry afterwards (figures from ``pyplot.subplots`` stay
+    there otherwise); keep it open to save it again in another format.
+    """
+    metadata = {"Software": None} if fmt == "png" else {"CreationDate": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # constrained layout on tiny grids
+        freeze_layout(fig, dpi)
+        if isinstance(dest, io.BytesIO):
+            fig.savefig(dest, format=fmt, dpi=dpi, metadata=metadata)
+        else:
+            with atomic_write(dest) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

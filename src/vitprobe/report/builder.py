@@ -41,9 +41,9 @@ from vitprobe.analyses import REGISTRY, get_analysis
 from vitprobe.analyses.base import Analysis, FigureSpec, ReportSection
 from vitprobe.cache import atomic_write
 from vitprobe.errors import ResultsError
-from vitprobe.plots.common import freeze_layout
+from vitprobe.plots.common import save_figure
 from vitprobe.report.explorer import explorer_html
-from vitprobe.report.html import RenderedFigure, render_page
+from vitprobe.report.html import DPI, RenderedFigure, render_page
 from vitprobe.resources import available_cpus
 from vitprobe.runfolder import FIGURES_DIR, REPORT, RESULTS_DIR, read_manifest
 from vitprobe.schema import MODEL_DIM, check_schema
@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["FIGURES_DIR", "REPORT", "ResultFiles", "build_report", "open_results",
            "report_figures"]
 
-#: PNG resolution (dots per inch) of every figure
-DPI = 110
 #: variables up to this size are read into memory when their file is opened
 EAGER_BYTES = 8 * 1000**2
 
@@ -183,19 +181,9 @@ def _plan(files: Mapping[str, xr.Dataset]) -> list[_Planned]:
 
 # -- drawing -------------------------------------------------------------------------------------
 def _save(fig: Figure, png: Path, pdf: Path | None) -> None:
-    import warnings
-
-    import matplotlib.pyplot as plt
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # constrained layout on tiny grids
-        freeze_layout(fig, DPI)
-        with atomic_write(png) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-        if pdf is not None:
-            with atomic_write(pdf) as tmp:
-                fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})
-    plt.close(fig)  # figures from pyplot.subplots stay in its registry otherwise
+    save_figure(fig, png, dpi=DPI, close=pdf is None)
+    if pdf is not None:
+        save_figure(fig, pdf, dpi=DPI, fmt="pdf")
 
 
 def _spec_of(module: str, slug: str) -> FigureSpec:

@@ -50,7 +50,8 @@ from matplotlib.figure import Figure
 
 from vitprobe.cache import atomic_write
 from vitprobe.errors import IncomparableRunsError, ResultsError
-from vitprobe.plots.common import freeze_layout
+from vitprobe.plots.common import save_figure
+from vitprobe.report.html import DPI
 from vitprobe.schema import MODEL_DIM, TRAINED, model_style, stack_models
 
 __all__ = [
@@ -670,8 +671,7 @@ def _figures(comparison: Comparison, table: pd.DataFrame) -> list[tuple[str, str
 
 def _fig_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    freeze_layout(fig, 110)
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    save_figure(fig, buf, dpi=DPI, close=False)
     return buf.getvalue()
 
 
@@ -733,8 +733,7 @@ def write_comparison(comparison: Comparison, out: str | Path, *, pdf: bool = Fal
         with atomic_write(fig_dir / f"{slug}.png") as tmp:
             tmp.write_bytes(png)
         if pdf:
-            with atomic_write(fig_dir / f"{slug}.pdf") as tmp:
-                fig.savefig(tmp, format="pdf", metadata={"CreationDate": None})
+            save_figure(fig, fig_dir / f"{slug}.pdf", dpi=DPI, fmt="pdf", close=False)
         fig.clf()
         figures.append((slug, title, png, caption))
     title = "vitprobe comparison: " + ", ".join(e.label for e in comparison.entries)

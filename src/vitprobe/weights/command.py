@@ -105,8 +105,7 @@ def run_qk(args: argparse.Namespace) -> int:
     print(summary_table(ds))
     print(f"wrote {path}")
     if not args.no_figures:
-        import matplotlib.pyplot as plt
-
+        from vitprobe.plots.common import save_figure
         from vitprobe.plots.qk import plot_qk_spectra, plot_qk_summary, plot_sym_asym_intuition
 
         for name, fig in (
@@ -114,7 +113,6 @@ def run_qk(args: argparse.Namespace) -> int:
             ("qk_summary.png", plot_qk_summary(ds)),
             ("qk_sym_asym.png", plot_sym_asym_intuition()),
         ):
-            fig.savefig(out / name, dpi=110)
-            plt.close(fig)
+            save_figure(fig, out / name, dpi=110)
             print(f"wrote {out / name}")
     return 0
