@@ -142,3 +142,35 @@ def test_angle_summary_attaches_qk_only_of_the_same_models(models, results) -> N
     assert any("not attached" in t.get_text() for ax in fig.axes for t in ax.texts)
     assert "did not run on these models" in spec.caption(partial, manifest)
     assert "did not run" not in spec.caption(results, manifest)
+
+
+def test_one_pass_calibration_keeps_batches_only_within_the_budget():
+    """The bytes of the kept calibration batches: whole batches x sites x tokens x
+    d_model x the run's bytes per value, against ``memory_budget`` (inclusive)."""
+    from vitprobe.analyses.base import Context, one_pass_calibration
+    from vitprobe.models import load_model
+    from vitprobe.stats.histograms import NeuronHistograms
+    from vitprobe.stats.layout import NeuronLayout
+
+    model = load_model("timm:vit_tiny_patch16_224", pretrained=False)
+    layout = NeuronLayout.from_model(model)
+    # 10 calibration images in batches of 4 keep 3 batches: 12 images of 24 sites
+    kept = 12 * 24 * 197 * 192 * 4
+
+    def counts_own(budget: int, dtype: str = "float32", calibration_images: int | None = 10,
+                   before: bool = True) -> bool:
+        context = Context(n_images=100, calibration_images=10, batch_size=4, dtype=dtype,
+                          memory_budget=budget)
+        acc = NeuronHistograms(layout, calibration_images=calibration_images,
+                               counts_calibration=before)
+        assert one_pass_calibration(acc, model, context) is acc
+        return acc.counts_calibration
+
+    for before in (True, False):  # decided by the budget alone
+        assert counts_own(kept, before=before) and not counts_own(kept - 1, before=before)
+    assert counts_own(kept // 2, "bfloat16") and not counts_own(kept // 2 - 1, "bfloat16")
+    # an accumulator calibrating on fewer images than the study keeps fewer batches
+    assert counts_own(kept // 3, calibration_images=4)
+    assert not counts_own(kept // 3 - 1, calibration_images=4)
+    assert counts_own(kept, calibration_images=None) and not counts_own(kept - 1,
+                                                                       calibration_images=None)

@@ -276,26 +276,53 @@ def test_no_n_images_sizes_the_counts_from_the_real_number_of_images(tmp_path):
     assert result.n_images == 12
 
 
-def test_every_image_is_forwarded_and_counted_once_by_every_analysis(tmp_path):
-    """Every calibrating accumulator of these analyses counts its own calibration images
-    (issue 16: one pass where there were two): the model sees each image once, and each
-    accumulator still counts every image exactly once."""
+#: ViT-Ti/16 (197 tokens x 192 channels, float32) keeps 8 calibration images of 24 sites
+#: (attn.out and mlp.out of 12 blocks: histograms, MI, bowtie) in 29.0 MB and of 36 sites
+#: (ln1, q, k: angles) in 43.6 MB
+KEPT_MB = {24: 8 * 24 * 197 * 192 * 4 / 1e6, 36: 8 * 36 * 197 * 192 * 4 / 1e6}
+
+
+@pytest.mark.parametrize(("budget", "forwarded_again"), [
+    ("4GB", ()),  # every analysis counts its own calibration images
+    ("35MB", ("angles/angles",)),  # the angles' batches no longer fit: mixed
+    ("20MB", ("angles/angles", "bowtie/bowtie", "mi/mi", "moments/histograms")),
+])
+def test_every_image_is_forwarded_and_counted_once_by_every_analysis(tmp_path, budget,
+                                                                      forwarded_again):
+    """Every calibrating accumulator counts its own calibration images when keeping them
+    fits the memory budget (issue 16: one pass where there were two): the model sees each
+    image once. Above the budget the calibration images are forwarded again for those
+    analyses (and only for them). Either way each accumulator counts every image exactly
+    once, and the results are those of the one-pass run."""
     import xarray as xr
 
     from vitprobe.models import load_model
     from vitprobe.study.runner import Study
 
-    cfg = StudyConfig(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
-                      images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
-                      calibration_images=8, analyses=("moments", "mi", "bowtie", "angles"),
-                      mi_channels=8, mi_bins=4, out=tmp_path / "run")
-    model = load_model(cfg.model, pretrained=False, seed=cfg.seed)
-    seen: list[int] = []
-    model.adapter.blocks()[0].register_forward_hook(
-        lambda module, args, output: seen.append(int(args[0].shape[0])))
-    result = Study(cfg, progress=False, log=lambda msg: None,
-                   models={cfg.variants[0]: model}).run()
-    assert result.n_images == 24 and sum(seen) == 24
+    assert KEPT_MB[24] < 35 < KEPT_MB[36] and 20 < KEPT_MB[24]
+    runs = {}
+    for name, memory_budget in (("one-pass", "4GB"), ("run", budget)):
+        cfg = StudyConfig(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                          images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
+                          calibration_images=8, memory_budget=memory_budget,
+                          analyses=("moments", "mi", "bowtie", "angles"),
+                          mi_channels=8, mi_bins=4, out=tmp_path / name)
+        model = load_model(cfg.model, pretrained=False, seed=cfg.seed)
+        seen: list[int] = []
+        model.adapter.blocks()[0].register_forward_hook(
+            lambda module, args, output, seen=seen: seen.append(int(args[0].shape[0])))
+        log: list[str] = []
+        result = Study(cfg, progress=False, log=log.append,
+                       models={cfg.variants[0]: model}).run()
+        runs[name] = (result, sum(seen), log)
+    result, forwards, log = runs["run"]
+    assert result.n_images == 24 and forwards == 24 + 8 * bool(forwarded_again)
+    said = [line for line in log if "forwarded again" in line]
+    if forwarded_again:
+        assert len(said) == 1 and f"again for {', '.join(forwarded_again)}:" in said[0]
+    else:
+        assert not said
+    assert_same_results(tmp_path / "one-pass", tmp_path / "run")
     results = tmp_path / "run" / "results"
     mi = xr.load_dataset(results / "mi.nc", engine="h5netcdf")
     assert (mi["joint_counts"].sum(["bin_x", "bin_y"]) == 24).all()

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from vitprobe.analyses.base import Analysis, Context, Datasets, FigureSpec
+from vitprobe.analyses.base import (
+    Analysis,
+    Context,
+    Datasets,
+    FigureSpec,
+    one_pass_calibration,
+)
 from vitprobe.analyses.common import (
     SIMILARITY,
     control_note,
@@ -120,8 +126,9 @@ class AnglesAnalysis(Analysis):
         from vitprobe.attention import AngleAccumulator
 
         # the mean token comes from the first calibration images, which are counted too
+        # when keeping them fits the budget
         acc = AngleAccumulator.from_model(
-            model, counts_calibration=True,
+            model,
             embedding=context.option("angles_embedding", "ln1"),
             include_prefix=bool(context.option("angles_include_prefix", False)),
             bins=int(context.option("angles_bins", 90)),
@@ -129,7 +136,7 @@ class AnglesAnalysis(Analysis):
         # the study drops images with NaN or inf activations before any accumulator sees
         # them (vitprobe.study.stream), so the accumulator's own check would repeat it
         acc.check_finite = False
-        return {"angles": acc}
+        return {"angles": one_pass_calibration(acc, model, context)}
 
     def findings(self, datasets: Datasets) -> list[str]:
         """Layers where attention goes to more / less similar patches than all pairs, the

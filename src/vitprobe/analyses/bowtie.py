@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from vitprobe.analyses.base import Analysis, Context, Datasets, FigureSpec, ReportSection
+from vitprobe.analyses.base import (
+    Analysis,
+    Context,
+    Datasets,
+    FigureSpec,
+    ReportSection,
+    one_pass_calibration,
+)
 from vitprobe.schema import controls, main_model
 
 if TYPE_CHECKING:
@@ -190,13 +197,13 @@ class BowtieAnalysis(Analysis):
         from vitprobe.stats.bowtie import BowtieCounts
         from vitprobe.stats.layout import NeuronLayout
 
-        return {"bowtie": BowtieCounts(
+        counts = BowtieCounts(
             NeuronLayout.from_model(model), bins=int(context.option("bowtie_bins", 41)),
             n_random=int(context.option("bowtie_random", 2)),
             n_cross=int(context.option("bowtie_cross", 2)),
             folds=int(context.option("bowtie_folds", 8)),
-            calibration_images=int(context.calibration_images), seed=int(context.seed),
-            counts_calibration=True)}
+            calibration_images=int(context.calibration_images), seed=int(context.seed))
+        return {"bowtie": one_pass_calibration(counts, model, context)}
 
     def results(self, finished: Mapping[str, Sequence[Accumulator]]) -> Datasets:
         """The counts with every conditional statistic, the normalization fit and the

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import xarray as xr
 
-from vitprobe.analyses.base import Analysis, Context, Datasets, FigureSpec
+from vitprobe.analyses.base import (
+    Analysis,
+    Context,
+    Datasets,
+    FigureSpec,
+    one_pass_calibration,
+)
 from vitprobe.analyses.common import (
     STATS,
     control_note,
@@ -217,11 +223,10 @@ class MIAnalysis(Analysis):
         from vitprobe.stats.layout import NeuronLayout
 
         bins = mi_bins(context)
-        return {"mi": JointCounts(NeuronLayout.from_model(model), bins,
-                                  groups=passes[pass_index],
-                                  channels=mi_channels(model, context),
-                                  calibration_images=_calibration_images(context, bins),
-                                  counts_calibration=True)}
+        counts = JointCounts(NeuronLayout.from_model(model), bins, groups=passes[pass_index],
+                             channels=mi_channels(model, context),
+                             calibration_images=_calibration_images(context, bins))
+        return {"mi": one_pass_calibration(counts, model, context)}
 
     def results(self, finished: Mapping[str, Sequence[Accumulator]]) -> Datasets:
         """The passes' Datasets combined exactly (one pass: its own result)."""

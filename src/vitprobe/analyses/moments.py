@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from vitprobe.analyses.base import Analysis, Context, Datasets, FigureSpec
+from vitprobe.analyses.base import (
+    Analysis,
+    Context,
+    Datasets,
+    FigureSpec,
+    one_pass_calibration,
+)
 from vitprobe.analyses.common import (
     STATS,
     control_note,
@@ -89,11 +95,10 @@ class MomentsAnalysis(Analysis):
 
         layout = NeuronLayout.from_model(model)
         # histograms standardise each neuron by the calibration images' moments and count
-        # those images too (one forward per image)
+        # those images too (one forward per image) when keeping them fits the budget
+        histograms = NeuronHistograms(layout, calibration_images=context.calibration_images)
         return {"moments": NeuronMoments(layout),
-                "histograms": NeuronHistograms(layout,
-                                               calibration_images=context.calibration_images,
-                                               counts_calibration=True)}
+                "histograms": one_pass_calibration(histograms, model, context)}
 
     def findings(self, datasets: Datasets) -> list[str]:
         """Per sublayer: the layer with the highest median excess kurtosis, and the share

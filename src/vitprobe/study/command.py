@@ -48,7 +48,9 @@ def register(subparsers) -> None:
                    help="image decoding processes (default: 2 on CPU, one per free core "
                         "on a GPU)")
     p.add_argument("--memory-budget", default="4GB",
-                   help="memory for mutual-information counts per pass (more passes if needed)")
+                   help="memory for mutual-information counts per pass (more passes if "
+                        "needed), and for the calibration images an analysis keeps to count "
+                        "them in the same pass (above it they are forwarded again)")
     p.add_argument("--calibration-images", type=int, default=256,
                    help="images (a random sample) that fix bin edges and the mean token")
     p.add_argument("--mi-channels", type=int, default=None,

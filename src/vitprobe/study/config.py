@@ -77,7 +77,10 @@ class StudyConfig:
         batch_size: images per forward.
         workers: image decoding processes; None: 2 on CPU, one per free core on a GPU
             (:func:`vitprobe.resources.loader_settings`).
-        memory_budget: bytes the mutual-information counts may take per pass.
+        memory_budget: bytes the mutual-information counts may take per pass, and
+            separately the calibration batches an analysis keeps to count them in the
+            same pass (above it they are forwarded again:
+            :func:`vitprobe.analyses.base.one_pass_calibration`).
         calibration_images: images (a random sample: the first of the seeded
             processing order) that fix bin edges, ranges and the mean token.
         checkpoint_every_s: seconds between checkpoints.

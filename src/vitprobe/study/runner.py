@@ -170,7 +170,7 @@ class Study:
         n = len(self.ids)
         self.context = Context(
             n_images=n, calibration_images=min(cfg.calibration_images, n),
-            batch_size=cfg.batch_size, seed=cfg.seed, device=self.device,
+            batch_size=cfg.batch_size, seed=cfg.seed, device=self.device, dtype=cfg.dtype,
             memory_budget=cfg.memory_budget, options=cfg.analysis_options())
         n_passes = max((a.plan(self.main, self.context) for a in self.streaming.values()),
                        default=0)
@@ -210,6 +210,13 @@ class Study:
             return {}, set()
         counts_own = all(getattr(a, "counts_calibration", False) for a in needs.values())
         chunk_ids = self.plan.calibration
+        again = sorted({key.split("/", 1)[1] for key, a in needs.items()
+                        if not a.counts_calibration})
+        if again and self.world.is_main:
+            self.log(f"the {self.context.calibration_images} calibration images are forwarded "
+                     f"again for {', '.join(again)}: keeping their activations until the "
+                     f"calibration ends would exceed --memory-budget "
+                     f"({self.context.memory_budget / 1e9:.3g} GB)")
         if self.world.is_main:
             t0 = time.perf_counter()
             loader = self._loader(chunk_ids)
