@@ -174,3 +174,20 @@ def test_one_pass_calibration_keeps_batches_only_within_the_budget():
     assert not counts_own(kept // 3 - 1, calibration_images=4)
     assert counts_own(kept, calibration_images=None) and not counts_own(kept - 1,
                                                                        calibration_images=None)
+
+
+def test_mi_keeps_its_channel_subset_not_the_whole_sites():
+    """MI on a channel subset keeps copies of those channels (patch tokens only), so its
+    one-pass calibration is sized on them, not on the whole sites."""
+    from vitprobe.analyses import get_analysis
+    from vitprobe.analyses.base import Context
+    from vitprobe.models import load_model
+
+    model = load_model("timm:vit_tiny_patch16_224", pretrained=False)
+    whole = 8 * 24 * 197 * 192 * 4  # 8 images x 24 sites x 197 tokens x 192 channels
+    context = Context(n_images=64, calibration_images=8, batch_size=8, memory_budget=whole - 1,
+                      options={"mi_channels": 8, "mi_bins": 4})
+    analysis = get_analysis("mi")
+    assert analysis.plan(model, context) == 1  # the 8 channels' counts fit one pass
+    acc = analysis.accumulators(model, context, 0)["mi"]
+    assert len(acc.groups) == 24 and acc.counts_calibration  # 1.2 MB kept, not 29 MB

@@ -78,7 +78,8 @@ class Context:
         return default if value is None else value
 
 
-def one_pass_calibration(acc: Accumulator, model: ProbedViT, context: Context) -> Accumulator:
+def one_pass_calibration(acc: Accumulator, model: ProbedViT, context: Context, *,
+                         values_per_image: int | None = None) -> Accumulator:
     """Let ``acc`` count its own calibration images when keeping them fits the budget.
 
     An accumulator with ``counts_calibration`` keeps every calibration batch (the whole
@@ -92,7 +93,9 @@ def one_pass_calibration(acc: Accumulator, model: ProbedViT, context: Context) -
     ViT-L/16's: 9.9 GB, per model). When that exceeds ``context.memory_budget``,
     ``acc.counts_calibration`` is set to False: it only calibrates on those images and
     the study forwards them once more for it (256 extra forwards, whatever the number of
-    images). Returns ``acc``.
+    images). ``values_per_image``: the recorded values a kept image holds when the
+    accumulator keeps less than its sites' whole tensors (a copied channel subset).
+    Returns ``acc``.
     """
     # the study calibrates on context.calibration_images images; an accumulator may use
     # fewer (the angles' mean token); None: all it is given
@@ -100,8 +103,10 @@ def one_pass_calibration(acc: Accumulator, model: ProbedViT, context: Context) -
                  context.calibration_images)
     batch = max(1, context.batch_size)
     kept = -(-images // batch) * batch
-    per_image = len(acc.sites) * model.n_tokens * model.d_model * _ITEMSIZE[context.dtype]
-    acc.counts_calibration = kept * per_image <= context.memory_budget
+    if values_per_image is None:
+        values_per_image = len(acc.sites) * model.n_tokens * model.d_model
+    acc.counts_calibration = (kept * values_per_image * _ITEMSIZE[context.dtype]
+                              <= context.memory_budget)
     return acc
 
 

@@ -223,10 +223,14 @@ class MIAnalysis(Analysis):
         from vitprobe.stats.layout import NeuronLayout
 
         bins = mi_bins(context)
-        counts = JointCounts(NeuronLayout.from_model(model), bins, groups=passes[pass_index],
-                             channels=mi_channels(model, context),
+        groups, channels = passes[pass_index], mi_channels(model, context)
+        counts = JointCounts(NeuronLayout.from_model(model), bins, groups=groups,
+                             channels=channels,
                              calibration_images=_calibration_images(context, bins))
-        return {"mi": one_pass_calibration(counts, model, context)}
+        # a channel subset is kept as a copy; all channels as views of the whole sites
+        subset = (len(groups) * model.n_patches * channels.size
+                  if channels.size < model.d_model else None)
+        return {"mi": one_pass_calibration(counts, model, context, values_per_image=subset)}
 
     def results(self, finished: Mapping[str, Sequence[Accumulator]]) -> Datasets:
         """The passes' Datasets combined exactly (one pass: its own result)."""

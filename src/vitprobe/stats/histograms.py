@@ -25,7 +25,8 @@ most ``calibration_images`` images rounded up to a whole batch (all batches give
 is None); for DINOv2-S/14 (24 sites x 257 tokens x 384 channels, float32) 9.5 MB per
 image, 2.43 GB at 256 images, the same tensors :class:`~vitprobe.stats.JointCounts`
 keeps for its reservoir (shared, not doubled, when both read the same batches and have
-the same ``calibration_images``); ViT-B/16 14.5 MB per image, 3.72 GB.
+the same ``calibration_images``); ViT-B/16 14.5 MB per image, 3.72 GB. The study keeps
+them only within its memory budget (:func:`vitprobe.analyses.base.one_pass_calibration`).
 """
 
 from __future__ import annotations
