@@ -162,6 +162,8 @@ def default_run(args) -> None:
         t0 = time.perf_counter()
         vitprobe.run_study(out=out, n_images=args.n_images, progress=False)
         wall = time.perf_counter() - t0
+        # this process ran the study (and nothing bigger before it): its peak is the run's
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
         manifest = json.loads((out / "manifest.json").read_text())
         timings = manifest.get("timings_s", {})
     plain_s = plain_forward_per_image(args)
@@ -172,7 +174,8 @@ def default_run(args) -> None:
     end_cal = timings.get("end_calibration_s", 0.0)
     counting = timings.get("calibration_s", 0.0) - end_cal + pass_s
     report = timings.get("report_s", wall - timings.get("total_s", wall))
-    print(f"\ndefault run ({args.n_images or 'default'} images): wall {wall:.1f} s; "
+    print(f"\ndefault run ({args.n_images or 'default'} images): wall {wall:.1f} s, peak "
+          f"resident memory {peak_gb:.2f} GB; "
           "manifest timings_s: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
           + ("" if "report_s" in timings else f"; report (wall - total_s) {report:.1f}"))
     fixed = wall - counting

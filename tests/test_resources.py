@@ -84,3 +84,46 @@ def test_retained_heap_reuses_freed_pages_and_restores_the_defaults():
     assert out["after"] > pages // 2  # the defaults are back after the block
     assert out["disabled"][0] is False and out["disabled"][1] > pages // 2
     assert out["env"] is False
+
+
+_RELEASED_HEAP_CHECK = """
+import resource, torch
+from vitprobe.resources import released_heap, retained_heap
+
+def faults(mb):  # page faults of the second of two allocate-touch-free rounds
+    n = mb * 2**20 // 4
+    torch.empty(n).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(n).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+out = {}
+with released_heap() as active:  # nothing retained: nothing to release
+    out["outside"] = active
+with retained_heap():
+    out["retained"] = min(faults(64) for _ in range(6))
+    with released_heap() as active:
+        out["released"] = [active, faults(64)]
+    out["back"] = min(faults(64) for _ in range(6))
+print(out)
+"""
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_released_heap_hands_large_blocks_back_inside_a_retained_heap():
+    """The one-pass calibration's phase: large freed blocks go back to the kernel (each
+    new one faults its pages in), and the retained heap's reuse returns after it."""
+    import ast
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "VITPROBE_RETAIN_HEAP"}
+    proc = subprocess.run([sys.executable, "-c", _RELEASED_HEAP_CHECK], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    out = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    pages = 64 * 2**20 // 4096
+    assert out["outside"] is False
+    assert out["retained"] < 200
+    assert out["released"][0] is True and out["released"][1] > pages // 2
+    assert out["back"] < 200

@@ -35,7 +35,7 @@ from vitprobe import runfolder
 from vitprobe.analyses import Analysis, Context, get_analysis
 from vitprobe.errors import ConfigurationError, ResultsError, RunFolderError, VitprobeError
 from vitprobe.record import Accumulator
-from vitprobe.resources import loader_settings, retained_heap
+from vitprobe.resources import loader_settings, released_heap, retained_heap
 from vitprobe.schema import TRAINED
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
@@ -227,15 +227,20 @@ class Study:
                 elif counts_own:
                     acc.update(cache)
 
-            with self.streamer.recording(accs) as recorders:
-                for batch in self._bar(loader, len(loader), "calibration", unit="batch"):
-                    self.streamer.run_batch(recorders, accs, batch, consume)
-            self.streamer.skipped += _skips(loader)
-            t1 = time.perf_counter()
-            for name, acc in needs.items():
-                t2 = time.perf_counter()
-                acc.end_calibration()  # edges, rankings; counts the kept calibration images
-                self.timings[f"end_calibration_s/{name}"] = time.perf_counter() - t2
+            # accumulators counting their own calibration images keep every batch until
+            # their edges are fixed: blocks freed meanwhile go back to the kernel, else
+            # the retained heap grows by about as much again as is kept
+            keeps = any(a.counts_calibration for a in needs.values())
+            with released_heap() if keeps else contextlib.nullcontext():
+                with self.streamer.recording(accs) as recorders:
+                    for batch in self._bar(loader, len(loader), "calibration", unit="batch"):
+                        self.streamer.run_batch(recorders, accs, batch, consume)
+                self.streamer.skipped += _skips(loader)
+                t1 = time.perf_counter()
+                for name, acc in needs.items():
+                    t2 = time.perf_counter()
+                    acc.end_calibration()  # edges, rankings; counts the kept images
+                    self.timings[f"end_calibration_s/{name}"] = time.perf_counter() - t2
             self.timings["end_calibration_s"] = self.timings.get("end_calibration_s", 0.0) + (
                 time.perf_counter() - t1)
             self.timings["calibration_s"] = self.timings.get("calibration_s", 0.0) + (
