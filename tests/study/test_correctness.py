@@ -327,7 +327,7 @@ def test_every_image_is_forwarded_and_counted_once_by_every_analysis(tmp_path, b
     assert result.n_images == 24 and forwards == 24 + 8 * bool(forwarded_again)
     said = [line for line in log if "forwarded again" in line]
     if forwarded_again:
-        assert len(said) == 1 and f"again for {', '.join(forwarded_again)}:" in said[0]
+        assert len(said) == 1 and f"again for {', '.join(forwarded_again)}, which" in said[0]
     else:
         assert not said
     assert_same_results(tmp_path / "one-pass", tmp_path / "run")

@@ -214,9 +214,9 @@ class Study:
                         if not a.counts_calibration})
         if again and self.world.is_main:
             self.log(f"the {self.context.calibration_images} calibration images are forwarded "
-                     f"again for {', '.join(again)}: keeping their activations until the "
-                     f"calibration ends would exceed --memory-budget "
-                     f"({self.context.memory_budget / 1e9:.3g} GB)")
+                     f"again for {', '.join(again)}, which do not keep them to count in the "
+                     f"same pass (the built-in analyses keep them only within the memory "
+                     f"budget, {self.context.memory_budget / 1e9:.3g} GB: --memory-budget)")
         if self.world.is_main:
             t0 = time.perf_counter()
             loader = self._loader(chunk_ids)
