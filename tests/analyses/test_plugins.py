@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from tests.analyses.conftest import CONTEXT
 from tests.analyses.helpers import run_analysis
 from vitprobe.analyses import REGISTRY, Analysis, analysis_names, get_analysis
-from vitprobe.errors import VitprobeError
+from vitprobe.errors import ConfigurationError, VitprobeError
 from vitprobe.schema import MODEL_DIM, RANDOM_INIT, TRAINED, controls, main_model
 from vitprobe.weights import analyze_qk
 
@@ -174,6 +174,8 @@ def test_one_pass_calibration_keeps_batches_only_within_the_budget():
     assert not counts_own(kept // 3 - 1, calibration_images=4)
     assert counts_own(kept, calibration_images=None) and not counts_own(kept - 1,
                                                                        calibration_images=None)
+    with pytest.raises(ConfigurationError, match="'fp32' is not one of float32"):
+        counts_own(kept, "fp32")
 
 
 def test_mi_keeps_its_channel_subset_not_the_whole_sites():

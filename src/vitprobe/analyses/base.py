@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import xarray as xr
 
+from vitprobe.errors import ConfigurationError
 from vitprobe.schema import has_control
 
 if TYPE_CHECKING:
@@ -105,8 +106,11 @@ def one_pass_calibration(acc: Accumulator, model: ProbedViT, context: Context, *
     kept = -(-images // batch) * batch
     if values_per_image is None:
         values_per_image = len(acc.sites) * model.n_tokens * model.d_model
-    acc.counts_calibration = (kept * values_per_image * _ITEMSIZE[context.dtype]
-                              <= context.memory_budget)
+    itemsize = _ITEMSIZE.get(context.dtype)
+    if itemsize is None:
+        raise ConfigurationError(f"Context.dtype {context.dtype!r} is not one of "
+                                 f"{', '.join(_ITEMSIZE)}")
+    acc.counts_calibration = kept * values_per_image * itemsize <= context.memory_budget
     return acc
 
 
