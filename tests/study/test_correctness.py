@@ -285,6 +285,40 @@ KEPT_MB = {24: 8 * 24 * 197 * 192 * 4 / 1e6, 36: 8 * 36 * 197 * 192 * 4 / 1e6}
 ALL = ("moments", "mi", "bowtie", "angles")
 
 
+def _tiny_study(out: Path, memory_budget: str, analyses: tuple[str, ...]):
+    """A random-init ViT-Ti/16 study of 24 generated images (8 calibrating): its result,
+    the images its first block saw and its log lines."""
+    from vitprobe.models import load_model
+    from vitprobe.study.runner import Study
+
+    cfg = StudyConfig(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                      images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
+                      calibration_images=8, memory_budget=memory_budget, analyses=analyses,
+                      mi_channels=8, mi_bins=4, out=out)
+    model = load_model(cfg.model, pretrained=False, seed=cfg.seed)
+    seen: list[int] = []
+    model.adapter.blocks()[0].register_forward_hook(
+        lambda module, args, output: seen.append(int(args[0].shape[0])))
+    log: list[str] = []
+    result = Study(cfg, progress=False, log=log.append, models={cfg.variants[0]: model}).run()
+    return result, sum(seen), log
+
+
+@pytest.fixture(scope="module")
+def one_pass_runs(tmp_path_factory):
+    """``analyses -> (folder, result, forwards, log)`` of the 4GB (one-pass) tiny study,
+    each made once per module."""
+    made = {}
+
+    def get(analyses: tuple[str, ...]):
+        if analyses not in made:
+            out = tmp_path_factory.mktemp("one-pass") / "run"
+            made[analyses] = (out, *_tiny_study(out, "4GB", analyses))
+        return made[analyses]
+
+    return get
+
+
 @pytest.mark.parametrize(("budget", "analyses", "forwarded_again"), [
     ("4GB", ALL, ()),  # every analysis counts its own calibration images
     ("35MB", ALL, ("angles/angles",)),  # the angles' batches no longer fit: mixed
@@ -294,9 +328,8 @@ ALL = ("moments", "mi", "bowtie", "angles")
     ("20MB", ("moments", "bowtie", "angles"),
      ("angles/angles", "bowtie/bowtie", "moments/histograms")),
 ])
-def test_every_image_is_forwarded_and_counted_once_by_every_analysis(tmp_path, budget,
-                                                                      analyses,
-                                                                      forwarded_again):
+def test_every_image_is_forwarded_and_counted_once_by_every_analysis(
+        tmp_path, one_pass_runs, budget, analyses, forwarded_again):
     """Every calibrating accumulator counts its own calibration images when keeping them
     fits the memory budget (issue 16: one pass where there were two): the model sees each
     image once. Above the budget the calibration images are forwarded again for those
@@ -304,34 +337,21 @@ def test_every_image_is_forwarded_and_counted_once_by_every_analysis(tmp_path, b
     once, and the results are those of the one-pass run."""
     import xarray as xr
 
-    from vitprobe.models import load_model
-    from vitprobe.study.runner import Study
-
     assert KEPT_MB[24] < 35 < KEPT_MB[36] and 20 < KEPT_MB[24]
-    runs = {}
-    for name, memory_budget in (("one-pass", "4GB"), ("run", budget)):
-        cfg = StudyConfig(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
-                          images="stimuli:gratings", n_images=24, batch_size=8, workers=0,
-                          calibration_images=8, memory_budget=memory_budget,
-                          analyses=analyses,
-                          mi_channels=8, mi_bins=4, out=tmp_path / name)
-        model = load_model(cfg.model, pretrained=False, seed=cfg.seed)
-        seen: list[int] = []
-        model.adapter.blocks()[0].register_forward_hook(
-            lambda module, args, output, seen=seen: seen.append(int(args[0].shape[0])))
-        log: list[str] = []
-        result = Study(cfg, progress=False, log=log.append,
-                       models={cfg.variants[0]: model}).run()
-        runs[name] = (result, sum(seen), log)
-    result, forwards, log = runs["run"]
+    one_pass = one_pass_runs(analyses)
+    if budget == "4GB":
+        out, result, forwards, log = one_pass
+    else:
+        out = tmp_path / "run"
+        result, forwards, log = _tiny_study(out, budget, analyses)
+        assert_same_results(one_pass[0], out)
     assert result.n_images == 24 and forwards == 24 + 8 * bool(forwarded_again)
     said = [line for line in log if "forwarded again" in line]
     if forwarded_again:
         assert len(said) == 1 and f"again for {', '.join(forwarded_again)}, which" in said[0]
     else:
         assert not said
-    assert_same_results(tmp_path / "one-pass", tmp_path / "run")
-    results = tmp_path / "run" / "results"
+    results = out / "results"
     if "mi" in analyses:
         mi = xr.load_dataset(results / "mi.nc", engine="h5netcdf")
         assert (mi["joint_counts"].sum(["bin_x", "bin_y"]) == 24).all()
