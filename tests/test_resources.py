@@ -35,9 +35,9 @@ def test_make_loader_pins_batches_when_asked():
 
 # Run in a fresh process: glibc also reuses freed heap blocks under its defaults when one
 # fits, so a process whose heap earlier tests have grown cannot show the defaults.
-_RETAINED_HEAP_CHECK = """
+_FAULTS = """
 import os, resource, torch
-from vitprobe.resources import retained_heap
+from vitprobe.resources import released_heap, retained_heap
 
 def faults(mb):  # page faults of the second of two allocate-touch-free rounds
     n = mb * 2**20 // 4
@@ -45,7 +45,23 @@ def faults(mb):  # page faults of the second of two allocate-touch-free rounds
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(n).fill_(1.0)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+"""
 
+
+def _run_heap_check(script: str) -> dict:
+    """Run ``script`` in a fresh interpreter (without VITPROBE_RETAIN_HEAP) and return the
+    dict it prints last."""
+    import ast
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "VITPROBE_RETAIN_HEAP"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+
+
+_RETAINED_HEAP_CHECK = _FAULTS + """
 out = {"default": faults(96)}
 with retained_heap() as active:
     # torch's aligned allocations ask a little more than the block they freed, so the
@@ -67,14 +83,7 @@ print(out)
 @pytest.mark.skipif(
     __import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 def test_retained_heap_reuses_freed_pages_and_restores_the_defaults():
-    import ast
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in __import__("os").environ.items() if k != "VITPROBE_RETAIN_HEAP"}
-    proc = subprocess.run([sys.executable, "-c", _RETAINED_HEAP_CHECK], env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
-    out = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    out = _run_heap_check(_RETAINED_HEAP_CHECK)
     pages = 96 * 2**20 // 4096
     # glibc's defaults: a large block is mmapped and unmapped on free, so every page of
     # the next one is a fresh fault
@@ -86,17 +95,7 @@ def test_retained_heap_reuses_freed_pages_and_restores_the_defaults():
     assert out["env"] is False
 
 
-_RELEASED_HEAP_CHECK = """
-import resource, torch
-from vitprobe.resources import released_heap, retained_heap
-
-def faults(mb):  # page faults of the second of two allocate-touch-free rounds
-    n = mb * 2**20 // 4
-    torch.empty(n).fill_(1.0)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(n).fill_(1.0)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
+_RELEASED_HEAP_CHECK = _FAULTS + """
 out = {}
 with released_heap() as active:  # nothing retained: nothing to release
     out["outside"] = active
@@ -114,14 +113,7 @@ print(out)
 def test_released_heap_hands_large_blocks_back_inside_a_retained_heap():
     """The one-pass calibration's phase: large freed blocks go back to the kernel (each
     new one faults its pages in), and the retained heap's reuse returns after it."""
-    import ast
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in __import__("os").environ.items() if k != "VITPROBE_RETAIN_HEAP"}
-    proc = subprocess.run([sys.executable, "-c", _RELEASED_HEAP_CHECK], env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
-    out = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    out = _run_heap_check(_RELEASED_HEAP_CHECK)
     pages = 64 * 2**20 // 4096
     assert out["outside"] is False
     assert out["retained"] < 200
