@@ -45,6 +45,22 @@ OWNED = (MANIFEST, IMAGES, RESULTS_DIR, FIGURES_DIR, REPORT, CHECKPOINT)
 #: the key that marks a manifest as vitprobe's
 MANIFEST_KEY = "vitprobe_results"
 
+#: descriptors of the run-folder locks this process holds (see :func:`lock`)
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (loader workers), close the parent's lock descriptors: a flock
+    belongs to the open file, so a child that kept the descriptor would keep the folder
+    locked after its parent was killed, until the child noticed and exited."""
+    for fd in _HELD_LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
 
 def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
     """The folder's ``manifest.json``.
@@ -174,7 +190,9 @@ def lock(out: str | os.PathLike) -> Iterator[Path]:
 
     An advisory ``flock`` on ``DIR/.vitprobe.lock``: the kernel drops it when the
     process ends however it ends (kill -9 included), so a stale lock never blocks a
-    later run. The file records who holds it, for the message a second run gets.
+    later run. Forked children (the image loader's workers) close their copy of the
+    descriptor at once, so they never hold the lock past their parent. The file records
+    who holds it, for the message a second run gets.
 
     Raises:
         RunFolderError: another process holds the folder.
@@ -192,8 +210,10 @@ def lock(out: str | os.PathLike) -> Iterator[Path]:
             raise RunFolderError(
                 f"{out} is in use by another vitprobe run ({holder}); wait for it to finish "
                 "or choose another --out") from None
+        _HELD_LOCK_FDS.add(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield path
     finally:
+        _HELD_LOCK_FDS.discard(fd)
         os.close(fd)  # releases the flock

@@ -40,6 +40,8 @@ def test_finished_run_is_not_overwritten_without_force(reference_run):
     proc = subprocess.run(vitprobe_cmd("run", *SMALL_RUN, "--out", str(reference_run)),
                           env=env(), capture_output=True, text=True)
     assert proc.returncode == 1 and "--force" in proc.stderr
+    # it ran with --no-report: the message says how to draw the report without rerunning
+    assert f"vitprobe report {reference_run}" in proc.stderr
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

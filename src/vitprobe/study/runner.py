@@ -131,8 +131,11 @@ class Study:
         cfg = self.config
         state = runfolder.status(self.out)
         if state == "complete" and not cfg.force:
-            raise ResultsError(f"{self.out} holds a finished run; pass --force to overwrite it "
-                               "or choose another --out")
+            hint = ("" if (Path(self.out) / runfolder.REPORT).exists() else
+                    f" (it has no {runfolder.REPORT}: `vitprobe report {self.out}` draws it "
+                    "from the saved results)")
+            raise ResultsError(f"{self.out} holds a finished run{hint}; pass --force to "
+                               "overwrite it or choose another --out")
         if state not in (None, "complete") and not (cfg.resume or cfg.force):
             raise ResultsError(f"{self.out} holds an unfinished run ({state}); pass --resume to "
                                "continue it or --force to start over")
