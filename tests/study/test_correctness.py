@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.study.helpers import assert_same_results, env, run, vitprobe_cmd
 from vitprobe import runfolder
-from vitprobe.errors import ConfigurationError, RunFolderError
+from vitprobe.errors import ConfigurationError, InsufficientDataError, RunFolderError
 from vitprobe.study import StudyConfig, run_study
 from vitprobe.study.plan import RunPlan
 
@@ -415,6 +415,18 @@ def test_too_few_images_for_calibration_is_a_clean_error(tmp_path):
                   images="stimuli:gratings", n_images=4, analyses=("mi",), mi_bins=8,
                   workers=0, out=tmp_path / "run", report=False)
     assert runfolder.status(tmp_path / "run") != "running"
+
+
+def test_too_few_readable_calibration_images_names_the_unreadable_ones(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "list.txt").write_text("a.png\nmissing.png\n")
+    with pytest.raises(InsufficientDataError,
+                       match=r"1 of the 2 calibration images could not be read "
+                             r"\(.*missing\.png: file not found\)"):
+        run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                  images=str(tmp_path / "list.txt"), analyses=("moments",),
+                  calibration_images=2, workers=0, out=tmp_path / "run", report=False)
 
 
 def _fill(path: Path, leave: int = 65536) -> None:

@@ -33,7 +33,13 @@ import numpy as np
 
 from vitprobe import runfolder
 from vitprobe.analyses import Analysis, Context, get_analysis
-from vitprobe.errors import ConfigurationError, ResultsError, RunFolderError, VitprobeError
+from vitprobe.errors import (
+    ConfigurationError,
+    InsufficientDataError,
+    ResultsError,
+    RunFolderError,
+    VitprobeError,
+)
 from vitprobe.record import Accumulator
 from vitprobe.resources import loader_settings, released_heap, retained_heap
 from vitprobe.schema import TRAINED
@@ -238,11 +244,22 @@ class Study:
                 with self.streamer.recording(accs) as recorders:
                     for batch in self._bar(loader, len(loader), "calibration", unit="batch"):
                         self.streamer.run_batch(recorders, accs, batch, consume)
-                self.streamer.skipped += _skips(loader)
+                unreadable = _skips(loader)
+                self.streamer.skipped += unreadable
                 t1 = time.perf_counter()
                 for name, acc in needs.items():
                     t2 = time.perf_counter()
-                    acc.end_calibration()  # edges, rankings; counts the kept images
+                    try:
+                        acc.end_calibration()  # edges, rankings; counts the kept images
+                    except InsufficientDataError as err:
+                        if not unreadable:
+                            raise
+                        path, reason = unreadable[0]
+                        raise InsufficientDataError(
+                            f"{err}: {len(unreadable)} of the "
+                            f"{self.context.calibration_images} calibration images could not "
+                            f"be read ({path}: {reason}"
+                            f"{', ...' if len(unreadable) > 1 else ''})") from err
                     self.timings[f"end_calibration_s/{name}"] = time.perf_counter() - t2
             self.timings["end_calibration_s"] = self.timings.get("end_calibration_s", 0.0) + (
                 time.perf_counter() - t1)
