@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 # sub-command modules, in the order they appear in ``vitprobe --help``
 COMMAND_MODULES = (
@@ -45,12 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warnings(show_other):
+    """A ``warnings.showwarning`` that prints our own warnings as one plain line (the user
+    reads what went wrong, not the source line that said it) and hands others to
+    ``show_other``."""
+    package = Path(__file__).parent
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if package in Path(filename).parents:
+            print(f"vitprobe: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    shown = warnings.showwarning
+    warnings.showwarning = _plain_warnings(shown)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -59,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except VitprobeError as err:
         print(f"vitprobe: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown
 
 
 from vitprobe.errors import VitprobeError  # noqa: E402

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
+from tests.report.helpers import copy_run
 from vitprobe.cli import main
 from vitprobe.errors import IncomparableRunsError, ResultsError, VitprobeError
 from vitprobe.report.compare import (
@@ -56,17 +56,6 @@ def _expected_columns(run, model: int = 0) -> dict[str, np.ndarray]:
         out[f"{var}_q25"] = np.percentile(qk[var].transpose("layer", "head").values, 25, axis=1)
     out["layer_symmetry"] = qk["layer_symmetry"].values
     return out
-
-
-def _copy_run(run, folder):
-    """A run folder with its own manifest and symlinks to the original results (copying
-    hundreds of MB of results per test would dominate its time)."""
-    (folder / "results").mkdir(parents=True)
-    for name in ("manifest.json", "images.txt"):
-        shutil.copy(run / name, folder / name)
-    for file in (run / "results").glob("*.nc"):
-        (folder / "results" / file.name).symlink_to(file)
-    return folder
 
 
 def _check_rows(table: pd.DataFrame, label: str, run, model: int = 0) -> None:
@@ -135,7 +124,7 @@ def test_different_depths_on_a_relative_axis(shallow_run, trained_run, tmp_path)
 
 
 def test_different_image_sets_are_refused(trained_run, random_run, tmp_path):
-    other = _copy_run(random_run, tmp_path / "other-images")
+    other = copy_run(random_run, tmp_path / "other-images")
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["images"]["ids_sha256"] = "0" * 64
     manifest["images"]["n_selected"] = 25
@@ -150,7 +139,7 @@ def test_different_image_sets_are_refused(trained_run, random_run, tmp_path):
 
 
 def test_missing_analyses_are_refused(trained_run, random_run, tmp_path):
-    other = _copy_run(random_run, tmp_path / "no-qk")
+    other = copy_run(random_run, tmp_path / "no-qk")
     (other / "results" / "qk.nc").unlink()
     with pytest.raises(IncomparableRunsError, match=r"no-qk lacks results/qk\.nc") as err:
         compare_runs([trained_run, other])
@@ -166,7 +155,7 @@ def test_missing_analyses_are_refused(trained_run, random_run, tmp_path):
 def test_unfinished_or_single_runs_are_refused(trained_run, tmp_path):
     with pytest.raises(IncomparableRunsError, match="at least two runs"):
         compare_runs([trained_run])
-    running = _copy_run(trained_run, tmp_path / "running")
+    running = copy_run(trained_run, tmp_path / "running")
     manifest = json.loads((running / "manifest.json").read_text())
     manifest["status"] = "running"
     (running / "manifest.json").write_text(json.dumps(manifest))
@@ -191,7 +180,7 @@ def test_command_line(trained_run, random_run, tmp_path, capsys, monkeypatch):
     assert f"comparison: {out / 'comparison.html'}" in capsys.readouterr().out
     assert set(pd.read_csv(out / LAYERS_CSV)["model"]) == {"trained", "random"}
     assert 'id="explorer"' not in (out / "comparison.html").read_text()
-    other = _copy_run(random_run, tmp_path / "no-mi")
+    other = copy_run(random_run, tmp_path / "no-mi")
     (other / "results" / "mi.nc").unlink()
     assert main(["compare", str(trained_run), str(other), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err

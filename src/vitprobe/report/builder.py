@@ -45,7 +45,7 @@ from vitprobe.plots.common import save_figure
 from vitprobe.report.explorer import explorer_html
 from vitprobe.report.html import DPI, RenderedFigure, render_page
 from vitprobe.resources import available_cpus
-from vitprobe.runfolder import FIGURES_DIR, REPORT, RESULTS_DIR, read_manifest
+from vitprobe.runfolder import FIGURES_DIR, MANIFEST, REPORT, RESULTS_DIR, read_manifest, status
 from vitprobe.schema import MODEL_DIM, check_schema
 
 if TYPE_CHECKING:
@@ -81,6 +81,11 @@ class ResultFiles(Mapping[str, xr.Dataset]):
         """
         folder = Path(out) / RESULTS_DIR
         if not folder.is_dir():
+            state = status(out)
+            if state not in (None, "complete"):
+                raise ResultsError(
+                    f"{out} holds a {state} run that wrote no results yet: finish it with "
+                    f"`vitprobe run --resume --out {out}` (and the run's other options)")
             raise ResultsError(f"{out} has no {RESULTS_DIR}/ folder; is it a vitprobe run "
                                "folder?")
         paths = {p.stem: p for p in sorted(folder.glob("*.nc"))}
@@ -288,6 +293,13 @@ def build_report(out: str | os.PathLike, *, pdf: bool = False,
         findings = [line for _, analysis in present
                     for line in analysis.findings(files)]  # type: ignore[arg-type]
         notes = _notes(manifest, present, files)
+        lost = _listed_but_missing(manifest, files)
+        if lost:
+            warnings.warn(f"{out}: {', '.join(lost)} listed in {MANIFEST} but not found; "
+                          "their figures are not drawn", stacklevel=2)
+            notes.append("Listed in <code>manifest.json</code> but not found (their figures "
+                         "are not drawn): "
+                         + ", ".join(f"<code>{html.escape(f)}</code>" for f in lost) + ".")
         explorer = explorer_html(files, manifest)
     if not pdf:  # a PDF left by an earlier --pdf report would no longer match
         for p in planned:
@@ -351,6 +363,12 @@ def _meta_rows(manifest: dict) -> list[tuple[str, str]]:
         ("command", manifest.get("command", "")),
         ("versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())),
     ]
+
+
+def _listed_but_missing(manifest: dict, files: Mapping[str, Any]) -> list[str]:
+    """Result files the run wrote (``manifest["results"]``) that are not in the folder."""
+    listed = manifest.get("results", {})
+    return sorted(str(path) for name, path in listed.items() if name not in files)
 
 
 def _notes(manifest: dict, present: Sequence[tuple[str, Analysis]],
