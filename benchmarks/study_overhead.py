@@ -24,6 +24,8 @@ fixed costs (everything but the counting pass) as a share of the default run (is
 
     python benchmarks/study_overhead.py [--batch 32] [--repeats 3] [--rounds 3]
         [--skip-run | --only-run] [--n-images 512]
+    python benchmarks/study_overhead.py --skip-run --model timm:vit_base_patch16_224 \
+        --random-init      # the same analyses' counting pass on another model
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ from vitprobe.study.config import StudyConfig
 def counting_pass(args) -> None:
     from vitprobe.analyses import Context, get_analysis
 
-    cfg = StudyConfig(batch_size=args.batch)
-    model = vitprobe.load_model(cfg.model)
+    cfg = StudyConfig(batch_size=args.batch, **({"model": args.model} if args.model else {}))
+    model = vitprobe.load_model(cfg.model, pretrained=not args.random_init)
     # the default study's pass-1 accumulators, built as the study builds them
     context = Context(n_images=cfg.n_images, calibration_images=cfg.calibration_images,
                       batch_size=cfg.batch_size, seed=cfg.seed,
@@ -237,9 +239,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--n-images", type=int, default=None, help="images of the run")
+    parser.add_argument("--model", default=None,
+                        help="the counting pass of the default study's analyses on another "
+                        "model (e.g. timm:vit_base_patch16_224; with --skip-run)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="--model with random weights (no hub here)")
     parser.add_argument("--skip-run", action="store_true", help="counting pass only")
     parser.add_argument("--only-run", action="store_true", help="the default run only")
     args = parser.parse_args()
+    if (args.model or args.random_init) and not args.skip_run:
+        parser.error("--model and --random-init time the counting pass only: add --skip-run")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.only_run:
