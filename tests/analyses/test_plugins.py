@@ -80,6 +80,24 @@ def test_mi_plan_uses_the_real_image_count_and_the_budget(models) -> None:
     assert get_analysis("angles").accumulators(m, CONTEXT, 1) == {}
 
 
+def test_mi_plan_note_names_the_passes_and_the_one_pass_budget(models) -> None:
+    from vitprobe.analyses.mi import one_pass_memory
+
+    m = models[TRAINED]
+    mi = get_analysis("mi")
+    need = one_pass_memory(m, CONTEXT)
+    assert mi.plan_note(m, CONTEXT) is None  # one pass: nothing to say
+    assert mi.plan(m, dataclasses.replace(CONTEXT, memory_budget=need)) == 1
+    short = dataclasses.replace(CONTEXT, memory_budget=need - 1)  # exact at the byte
+    n = mi.plan(m, short)
+    assert n > 1
+    note = mi.plan_note(m, short)
+    assert f"need {n} passes over the images" in note
+    suggested = float(note.split("--memory-budget ")[2].split("GB")[0]) * 1e9
+    assert need <= suggested < need + 1e8  # rounded up to 0.1 GB
+    assert mi.plan(m, dataclasses.replace(CONTEXT, memory_budget=int(suggested))) == 1
+
+
 def test_mi_split_over_passes_equals_one_pass(models, pixels, results) -> None:
     """A budget that fits one (layer, sublayer) group per pass: four passes, each
     layer's MHA and MLP in different passes; the combined file equals one pass."""

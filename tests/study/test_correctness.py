@@ -129,9 +129,11 @@ def one_pass(tmp_path_factory):
 def test_multi_pass_run_equals_one_pass_to_the_count(one_pass, tmp_path):
     budget = split_budget()
     out = tmp_path / "multi"
-    run(vitprobe_cmd("run", *MULTI, "--memory-budget", str(budget), "--out", str(out)))
+    proc = run(vitprobe_cmd("run", *MULTI, "--memory-budget", str(budget), "--out", str(out)))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n_passes"] >= 2 and manifest["status"] == "complete"
+    # the run says why it passes over the images more than once, and what would need one
+    assert f"need {manifest['n_passes']} passes over the images" in proc.stderr
     assert_same_results(one_pass, out)
     import xarray as xr
 

@@ -170,6 +170,11 @@ class Analysis:
         """Decide how the work splits into passes over the images; return their number."""
         return 1
 
+    def plan_note(self, model: ProbedViT, context: Context) -> str | None:
+        """A line for the run's log on what :meth:`plan` decided, when the user may want
+        to change it (several passes, and the budget that would need one); else None."""
+        return None
+
     def accumulators(self, model: ProbedViT, context: Context,
                      pass_index: int) -> dict[str, Accumulator]:
         """Fresh accumulators of pass ``pass_index`` keyed by result file (``"mi"``).

@@ -11,8 +11,9 @@ split run writes the same file as a single pass, count for count.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import xarray as xr
@@ -91,10 +92,27 @@ def plan_mi_passes(model: ProbedViT, context: Context) -> list[list[Group]]:
     layout = NeuronLayout.from_model(model)
     bins = mi_bins(context)
     return plan_passes(layout, bins, context.memory_budget, groups=layout.groups(),
-                       channels=len(mi_channels(model, context)),
-                       calibration_images=_calibration_images(context, bins),
-                       batch_size=context.batch_size, max_images=context.n_images,
-                       device=model.device.type)
+                       **_memory_options(model, context, bins))
+
+
+def one_pass_memory(model: ProbedViT, context: Context) -> int:
+    """Peak bytes of counting every (layer, sublayer) group in one pass: the smallest
+    ``--memory-budget`` with which :func:`plan_mi_passes` plans a single pass."""
+    from vitprobe.stats.layout import NeuronLayout
+    from vitprobe.stats.planning import joint_memory
+
+    layout = NeuronLayout.from_model(model)
+    bins = mi_bins(context)
+    return joint_memory(layout, bins, n_groups=len(layout.groups()),
+                        **_memory_options(model, context, bins)).peak
+
+
+def _memory_options(model: ProbedViT, context: Context, bins: int) -> dict[str, Any]:
+    """The options of :func:`vitprobe.stats.planning.joint_memory` for this run."""
+    return {"channels": len(mi_channels(model, context)),
+            "calibration_images": _calibration_images(context, bins),
+            "batch_size": context.batch_size, "max_images": context.n_images,
+            "device": model.device.type}
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -211,6 +229,18 @@ class MIAnalysis(Analysis):
     def plan(self, model: ProbedViT, context: Context) -> int:
         """Number of passes the counts need within ``context.memory_budget``."""
         return len(self._plan_for(model, context))
+
+    def plan_note(self, model: ProbedViT, context: Context) -> str | None:
+        """Several passes: how many, and the budget with which one would do."""
+        n = len(self._plan_for(model, context))
+        if n == 1:
+            return None
+        need = one_pass_memory(model, context)
+        return (f"mi: the counts of {mi_bins(context)} x {mi_bins(context)} bins need {n} "
+                f"passes over the images (a forward of each image per pass) within "
+                f"--memory-budget {context.memory_budget / 1e9:.3g} GB; --memory-budget "
+                f"{math.ceil(need / 1e8) / 10:.1f}GB counts them in one pass, as do fewer "
+                "--mi-channels or --mi-bins")
 
     def accumulators(self, model: ProbedViT, context: Context,
                      pass_index: int) -> dict[str, Accumulator]:

@@ -183,6 +183,11 @@ class Study:
             memory_budget=cfg.memory_budget, options=cfg.analysis_options())
         n_passes = max((a.plan(self.main, self.context) for a in self.streaming.values()),
                        default=0)
+        if self.world.is_main:
+            for analysis in self.streaming.values():
+                note = analysis.plan_note(self.main, self.context)
+                if note:
+                    self.log(note)
         self.plan = RunPlan.make(n, cfg.batch_size, cfg.seed, n_passes=n_passes,
                                  calibration_images=self.context.calibration_images)
         self.streamer = Streamer(self.models, self.index_of, device=self.device,
