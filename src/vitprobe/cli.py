@@ -12,7 +12,9 @@ import argparse
 import importlib
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 # sub-command modules, in the order they appear in ``vitprobe --help``
 COMMAND_MODULES = (
@@ -47,13 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plain_warnings(show_other):
+def _plain_warnings(show_other: Callable[..., None]) -> Callable[..., None]:
     """A ``warnings.showwarning`` that prints our own warnings as one plain line (the user
     reads what went wrong, not the source line that said it) and hands others to
     ``show_other``."""
     package = Path(__file__).parent
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
         if package in Path(filename).parents:
             print(f"vitprobe: warning: {message}", file=file or sys.stderr, flush=True)
         else:
