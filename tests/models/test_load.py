@@ -124,6 +124,11 @@ def test_info_command(capsys):
     assert facts["n_heads"] == 3 and facts["source"] == "random init"
     assert main(["info", "nonsense"]) == 1
     assert "unknown model 'nonsense'" in capsys.readouterr().err
+    # -m / --model as every other command takes it
+    assert main(["info", "-m", "timm:vit_tiny_patch16_224", "--random-init", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_heads"] == 3
+    assert main(["info", "timm:vit_tiny_patch16_224", "-m", "timm:vit_small_patch16_224"]) == 1
+    assert "two models given" in capsys.readouterr().err
 
 
 class _Wrapped(torch.nn.Module):

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
         "grid, preprocessing and weights source.",
     )
     info.add_argument("spec", nargs="?", help="model spec (default: the offline DINOv2-S/14)")
+    info.add_argument("--model", "-m", metavar="SPEC",
+                      help="the model spec as the other commands take it (instead of SPEC)")
     info.add_argument("--checkpoint", metavar="FILE")
     info.add_argument("--random-init", action="store_true")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -68,10 +70,14 @@ def register(subparsers) -> None:
 
 def run_info(args: argparse.Namespace) -> int:
     from vitprobe.defaults import DEFAULT_MODEL
+    from vitprobe.errors import ConfigurationError
     from vitprobe.models.registry import load_model
 
+    if args.spec and args.model and args.spec != args.model:
+        raise ConfigurationError(f"two models given: {args.spec!r} and --model {args.model!r}")
     model = load_model(
-        args.spec or DEFAULT_MODEL, pretrained=not args.random_init, checkpoint=args.checkpoint
+        args.model or args.spec or DEFAULT_MODEL, pretrained=not args.random_init,
+        checkpoint=args.checkpoint,
     )
     facts = model.describe()
     if args.json:
