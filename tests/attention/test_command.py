@@ -139,9 +139,9 @@ def test_summary_without_qk_measures_says_so(run):
 
 def test_cli_random_init_only_and_errors(tmp_path, dinov2_dir, capsys):
     out = tmp_path / "r"
-    rc = main(["angles", "--model", f"hf:{dinov2_dir}", "--random-init", "--images",
-               "stimuli:noise", "--n-images", "2", "--include-prefix", "--no-figures",
-               "--no-qk", "--out", str(out)])
+    rc = main(["angles", "-m", f"hf:{dinov2_dir}", "--random-init", "-i",  # run's short forms
+               "stimuli:noise", "-n", "2", "--include-prefix", "--no-figures",
+               "--no-qk", "-o", str(out)])
     assert rc == 0
     ds = _load(out)
     assert list(ds["model"].values) == ["random-init"]

@@ -100,3 +100,12 @@ def test_missing_text_model(tmp_path, capsys):
     rc = main(["qk", "--model", f"hf-text:{tmp_path / 'nope'}", "--out", str(tmp_path)])
     assert rc == 1
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    # the model spec cannot load: the error must be about --out, found first
+    rc = main(["qk", "--model", f"hf-text:{tmp_path / 'nope'}", "--out", str(target)])
+    assert rc == 1
+    assert f"--out {target} is a file, not a folder" in capsys.readouterr().err

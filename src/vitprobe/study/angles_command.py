@@ -28,14 +28,14 @@ def register(subparsers) -> None:
         "DIR/results/angles.nc and qk.nc, DIR/angles_table.txt, figures and report.html.",
     )
     add_model_arguments(p)
-    p.add_argument("--images", default="demo", metavar="SRC",
+    p.add_argument("--images", "-i", default="demo", metavar="SRC",
                    help="image source (default: demo, the built-in photos); see "
                         "'vitprobe run --help' for every form")
-    p.add_argument("--n-images", type=int, default=None, metavar="N",
+    p.add_argument("--n-images", "-n", type=int, default=None, metavar="N",
                    help="images to use, a seeded random subset (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image subset, the "
                    "processing order and the random-init control (default: 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="image loader processes")
     p.add_argument("--embedding", choices=("ln1", "resid_pre"), default="ln1",

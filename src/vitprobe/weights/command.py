@@ -9,7 +9,6 @@ per-layer summary table. Figures re-render from the file with :mod:`vitprobe.plo
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from vitprobe.errors import VitprobeError
 
@@ -77,6 +76,7 @@ def _load(spec: str, *, pretrained: bool, seed: int, checkpoint: str | None):
 
 def run_qk(args: argparse.Namespace) -> int:
     from vitprobe.models.registry import DEFAULT_MODEL
+    from vitprobe.runfolder import check_writable
     from vitprobe.schema import RANDOM_INIT, TRAINED
     from vitprobe.weights.analysis import analyze_qk
     from vitprobe.weights.io import save_qk, summary_table
@@ -87,6 +87,7 @@ def run_qk(args: argparse.Namespace) -> int:
         raise VitprobeError(
             "--random-init-baseline compares trained weights with random init; drop --random-init"
         )
+    out = check_writable(args.out)  # before the model is loaded: a bad --out fails at once
     spec = args.model or DEFAULT_MODEL
     model = _load(spec, pretrained=not args.random_init, seed=args.seed, checkpoint=args.checkpoint)
     baseline = None
@@ -100,7 +101,6 @@ def run_qk(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         label=RANDOM_INIT if args.random_init else TRAINED,
     )
-    out = Path(args.out)
     path = save_qk(ds, out / "qk.nc")
     print(summary_table(ds))
     print(f"wrote {path}")
