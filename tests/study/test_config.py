@@ -40,6 +40,27 @@ def test_bad_options_are_named():
     assert StudyConfig().n_images == 512 and StudyConfig().is_demo
 
 
+def test_auto_memory_budget():
+    from vitprobe.resources import CPU_MEMORY_BUDGET, auto_memory_budget
+
+    assert StudyConfig().memory_budget == CPU_MEMORY_BUDGET == 4 * 1000**3  # the default
+    assert StudyConfig(memory_budget=" Auto ").memory_budget == CPU_MEMORY_BUDGET
+    assert StudyConfig(memory_budget="8GB").memory_budget == 8e9  # given: as given
+    # on a GPU 30 % of its memory, at least the CPU's 4 GB (the device's own bytes are
+    # asked of CUDA; tests/study/test_cuda.py checks that on a GPU)
+    assert auto_memory_budget("cuda", gpu_total=141 * 2**30) == int(0.3 * 141 * 2**30)
+    assert auto_memory_budget("cuda:1", gpu_total=8 * 2**30) == CPU_MEMORY_BUDGET
+    assert auto_memory_budget("cpu", gpu_total=141 * 2**30) == CPU_MEMORY_BUDGET
+
+
+def test_differences_name_the_changed_settings():
+    run = StudyConfig(mi_bins=8)
+    saved = StudyConfig(memory_budget="8GB", mi_bins=8, device="cpu").to_dict()
+    assert run.differences(saved) == ["memory-budget: 8000000000 -> 4000000000"]
+    assert StudyConfig(memory_budget="8GB", mi_bins=8).differences(saved) == []
+    assert set(run.differences({})) >= {"model: None -> 'imgfocus-dinov2-s14'"}
+
+
 def test_missing_images_fail_before_any_model_work(tmp_path, monkeypatch):
     import vitprobe.models.registry
 

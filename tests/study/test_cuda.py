@@ -210,3 +210,14 @@ def test_study_on_cuda_equals_the_study_on_cpu(device: str, tmp_path) -> None:
         assert np.isfinite(b["mi_vs_distance"].sel(distance=1)).all()
         np.testing.assert_allclose(b["mi_vs_distance"].values, c["mi_vs_distance"].values,
                                    atol=0.1, equal_nan=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_memory_budget_on_the_gpu_is_a_share_of_its_memory() -> None:
+    from vitprobe.resources import CPU_MEMORY_BUDGET, GPU_MEMORY_BUDGET_SHARE
+    from vitprobe.study import StudyConfig
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    budget = StudyConfig(device="cuda:0").memory_budget
+    assert budget == max(CPU_MEMORY_BUDGET, int(GPU_MEMORY_BUDGET_SHARE * total))

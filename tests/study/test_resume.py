@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 
@@ -53,7 +54,15 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         {}, {}, checkpoint.Progress(fingerprint="other", ids_sha256="")))
     from vitprobe.study import run_study
 
-    with pytest.raises(ResultsError, match="other settings"):
-        run_study(model="imgfocus-dinov2-s14", images="demo?crops=2", n_images=8,
-                  analyses=("moments",), out=tmp_path, resume=True, report=False,
-                  workers=0, control=None)
+    settings = dict(model="imgfocus-dinov2-s14", images="demo?crops=2", n_images=8,
+                    analyses=("moments",), out=tmp_path, resume=True, control=None)
+    with pytest.raises(ResultsError, match=r"other settings \(model, images"):
+        run_study(**settings, report=False, workers=0)
+    # with the interrupted run's settings in its manifest the message names the change
+    from vitprobe.study import StudyConfig
+
+    saved = StudyConfig(**settings, memory_budget="8GB").to_dict()
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"vitprobe_results": 1, "status": "interrupted", "config": saved}))
+    with pytest.raises(ResultsError, match="changed: memory-budget: 8000000000 -> 4000000000"):
+        run_study(**settings, report=False, workers=0)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import xarray as xr
 
 from vitprobe.errors import ConfigurationError
+from vitprobe.resources import CPU_MEMORY_BUDGET
 from vitprobe.schema import has_control
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class Context:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-    memory_budget: int = 4 * 1000**3
+    memory_budget: int = CPU_MEMORY_BUDGET
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def option(self, name: str, default: Any = None) -> Any:

@@ -47,10 +47,11 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="image decoding processes (default: 2 on CPU, one per free core "
                         "on a GPU)")
-    p.add_argument("--memory-budget", default="4GB",
+    p.add_argument("--memory-budget", default="auto",
                    help="memory for mutual-information counts per pass (more passes if "
                         "needed), and for the calibration images an analysis keeps to count "
-                        "them in the same pass (above it they are forwarded again)")
+                        "them in the same pass (above it they are forwarded again); auto: "
+                        "4GB on CPU, 30%% of the GPU's memory on CUDA")
     p.add_argument("--calibration-images", type=int, default=256,
                    help="images (a random sample) that fix bin edges and the mean token")
     p.add_argument("--mi-channels", type=int, default=None,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vitprobe.defaults import DEFAULT_IMAGES, DEFAULT_MODEL, DEMO_N_IMAGES
 from vitprobe.errors import ConfigurationError
+from vitprobe.resources import auto_memory_budget
 from vitprobe.schema import CONTROLS, RANDOM_INIT, TRAINED
 
 #: analyses of a default run, in report order (see vitprobe.analyses.REGISTRY for all)
@@ -80,7 +82,9 @@ class StudyConfig:
         memory_budget: bytes the mutual-information counts may take per pass, and
             separately the calibration batches an analysis keeps to count them in the
             same pass (above it they are forwarded again:
-            :func:`vitprobe.analyses.base.one_pass_calibration`).
+            :func:`vitprobe.analyses.base.one_pass_calibration`); ``"auto"``: 4 GB on
+            a CPU, 30 % of the GPU's memory on CUDA
+            (:func:`vitprobe.resources.auto_memory_budget`).
         calibration_images: images (a random sample: the first of the seeded
             processing order) that fix bin edges, ranges and the mean token.
         checkpoint_every_s: seconds between checkpoints.
@@ -105,7 +109,7 @@ class StudyConfig:
     dtype: str = "float32"
     batch_size: int = 32
     workers: int | None = None
-    memory_budget: int | str = 4 * 1000**3
+    memory_budget: int | str = "auto"
     calibration_images: int = 256
     checkpoint_every_s: float = 300.0
     mi_channels: int | None = None
@@ -123,8 +127,10 @@ class StudyConfig:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "out", Path(self.out))
         set_(self, "analyses", tuple(dict.fromkeys(self.analyses)))
+        _check_device(self.device)  # before the budget: "auto" asks the device
         raw_budget = self.memory_budget
-        set_(self, "memory_budget", parse_bytes(raw_budget))
+        set_(self, "memory_budget", auto_memory_budget(self.device)
+             if str(raw_budget).strip().lower() == "auto" else parse_bytes(raw_budget))
         set_(self, "options", dict(self.options))
         unknown = [a for a in self.analyses if a not in REGISTRY]
         if unknown or not self.analyses:
@@ -165,7 +171,6 @@ class StudyConfig:
             raise ConfigurationError("--resume continues a run and --force replaces it: pass one")
         if self.n_images is None and self.images == DEFAULT_IMAGES:
             set_(self, "n_images", DEMO_N_IMAGES)
-        _check_device(self.device)
 
     @property
     def is_demo(self) -> bool:
@@ -192,9 +197,18 @@ class StudyConfig:
 
     def fingerprint(self) -> str:
         """What must not change between a run and its resumption."""
-        d = self.to_dict()
-        blob = json.dumps({k: d[k] for k in _FINGERPRINT_KEYS}, sort_keys=True, default=str)
+        blob = json.dumps(self._fingerprinted(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _fingerprinted(self) -> dict[str, Any]:
+        d = self.to_dict()
+        return json.loads(json.dumps({k: d[k] for k in _FINGERPRINT_KEYS}, default=str))
+
+    def differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """``"name: then -> now"`` for each fingerprinted setting that differs from
+        ``saved`` (a manifest's ``config``)."""
+        return [f"{k.replace('_', '-')}: {saved.get(k)!r} -> {v!r}"
+                for k, v in self._fingerprinted().items() if saved.get(k) != v]
 
 
 def _check_device(device: str) -> None:

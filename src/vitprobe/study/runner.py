@@ -334,10 +334,17 @@ class Study:
         saved = ckpt.load(self.out)
         p = saved.progress
         if p.fingerprint != self.config.fingerprint():
+            try:
+                changed = self.config.differences(runfolder.read_manifest(self.out)["config"])
+            except (ResultsError, KeyError, TypeError):
+                changed = []
+            what = ("; changed: " + ", ".join(changed)) if changed else (
+                " (model, images, n_images, seed, analyses, control, batch size, calibration, "
+                "MI options or memory budget)")
             raise ResultsError(
-                f"the checkpoint in {self.out} belongs to a run with other settings (model, "
-                "images, n_images, seed, analyses, control, batch size, calibration, MI "
-                "options or memory budget); resume with the same options or pass --force")
+                f"the checkpoint in {self.out} belongs to a run with other settings{what}; "
+                "resume with the same options (a memory budget as a number: 'auto' depends "
+                "on the device) or pass --force")
         if p.ids_sha256 != self.ids_hash:
             raise ResultsError(self._images_changed())
         if p.n_passes != self.plan.n_passes:
