@@ -155,6 +155,9 @@ def test_missing_analyses_are_refused(trained_run, random_run, tmp_path):
 def test_unfinished_or_single_runs_are_refused(trained_run, tmp_path):
     with pytest.raises(IncomparableRunsError, match="at least two runs"):
         compare_runs([trained_run])
+    with pytest.raises(IncomparableRunsError, match="the same run folder is given twice"):
+        compare_runs([trained_run, trained_run.parent / ".." / trained_run.parent.name
+                      / trained_run.name])
     running = copy_run(trained_run, tmp_path / "running")
     manifest = json.loads((running / "manifest.json").read_text())
     manifest["status"] = "running"

@@ -262,6 +262,13 @@ def compare_runs(runs: Sequence[str | Path | Run], *, labels: Sequence[str] | No
     loaded = [r if isinstance(r, Run) else read_run(r) for r in runs]
     if len(loaded) < 2:
         raise IncomparableRunsError(f"compare needs at least two runs, got {len(loaded)}")
+    seen: dict[Path, int] = {}
+    for i, run in enumerate(loaded):
+        first = seen.setdefault(run.path.resolve(), i)
+        if first != i:
+            raise IncomparableRunsError(
+                f"the same run folder is given twice ({loaded[first].path} and {run.path}); "
+                "compare different runs (a run's own control is drawn beside it already)")
     names = _unique_labels(loaded, labels)
     wanted = tuple(analyses) if analyses else tuple(loaded[0].datasets)
     missing = {name: [a for a in wanted if a not in run.datasets]
