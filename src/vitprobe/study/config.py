@@ -19,9 +19,9 @@ from vitprobe.schema import CONTROLS, RANDOM_INIT, TRAINED
 DEFAULT_ANALYSES = ("moments", "mi", "bowtie", "angles", "qk", "salience")
 DTYPES = ("float32", "bfloat16", "float16")
 #: settings that must not change between a run and its resumption
-_FINGERPRINT_KEYS = ("model", "images", "n_images", "seed", "analyses", "control", "batch_size",
-                     "calibration_images", "mi_channels", "mi_bins", "checkpoint",
-                     "memory_budget", "pretrained", "options")
+FINGERPRINT_KEYS = ("model", "images", "n_images", "seed", "analyses", "control", "batch_size",
+                    "calibration_images", "mi_channels", "mi_bins", "checkpoint",
+                    "memory_budget", "pretrained", "options")
 
 
 def _is_number(text: str) -> bool:
@@ -202,7 +202,7 @@ class StudyConfig:
 
     def _fingerprinted(self) -> dict[str, Any]:
         d = self.to_dict()
-        return json.loads(json.dumps({k: d[k] for k in _FINGERPRINT_KEYS}, default=str))
+        return json.loads(json.dumps({k: d[k] for k in FINGERPRINT_KEYS}, default=str))
 
     def differences(self, saved: Mapping[str, Any]) -> list[str]:
         """``"name: then -> now"`` for each fingerprinted setting that differs from

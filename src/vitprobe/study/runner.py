@@ -46,7 +46,7 @@ from vitprobe.schema import TRAINED
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
 from vitprobe.study import manifest
-from vitprobe.study.config import StudyConfig
+from vitprobe.study.config import FINGERPRINT_KEYS, StudyConfig
 from vitprobe.study.merge import merge_states
 from vitprobe.study.plan import RunPlan
 from vitprobe.study.results import collect, write_results
@@ -339,8 +339,7 @@ class Study:
             except (ResultsError, KeyError, TypeError):
                 changed = []
             what = ("; changed: " + ", ".join(changed)) if changed else (
-                " (model, images, n_images, seed, analyses, control, batch size, calibration, "
-                "MI options or memory budget)")
+                " (" + ", ".join(k.replace("_", "-") for k in FINGERPRINT_KEYS) + ")")
             raise ResultsError(
                 f"the checkpoint in {self.out} belongs to a run with other settings{what}; "
                 "resume with the same options (a memory budget as a number: 'auto' depends "
