@@ -23,6 +23,27 @@ def test_loader_settings_follow_the_device(monkeypatch):
         loader_settings("cpu", workers=-1)
 
 
+def test_peak_memory_is_the_resident_high_water_mark():
+    import subprocess
+    import sys
+
+    # a fresh process: its high-water mark before and after filling 256 MiB
+    code = ("import numpy as np\n"
+            "from vitprobe.resources import peak_memory, reset_peak_memory\n"
+            "reset_peak_memory('cpu')\n"
+            "before = peak_memory('cpu')\n"
+            "a = np.ones(2**25)\n"  # 256 MiB of float64, every page written
+            "after = peak_memory('cpu')\n"
+            "del a\n"
+            "print(before['host_rss'], after['host_rss'], sorted(after))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=2)
+    before, after = int(out[0]), int(out[1])
+    assert 2**20 < before < after
+    assert after - before >= 200 * 2**20  # less what freed import-time pages gave back
+    assert out[2].strip() == "['host_rss']"  # no device keys on a CPU
+
+
 def test_make_loader_pins_batches_when_asked():
     from vitprobe.data import make_loader, open_images
     from vitprobe.models.preprocess import PreprocessConfig

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from vitprobe.errors import ConfigurationError
 
 __all__ = ["CPU_MEMORY_BUDGET", "GPU_MEMORY_BUDGET_SHARE", "auto_memory_budget",
-           "available_cpus", "available_memory", "loader_settings", "released_heap",
-           "retained_heap"]
+           "available_cpus", "available_memory", "loader_settings", "peak_memory",
+           "released_heap", "reset_peak_memory", "retained_heap"]
 
 #: decoding processes on a CPU run: the forward needs the cores, and 2 workers already
 #: load 15-21x faster than the CPU forward of ViT-S/16 (benchmarks/data_throughput.py)
@@ -44,6 +44,42 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def reset_peak_memory(device: str | object) -> None:
+    """Start the device's high-water marks of :func:`peak_memory` afresh (CUDA only: a
+    process's resident high-water mark cannot be reset)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(torch.device(str(device)))
+
+
+def peak_memory(device: str | object) -> dict[str, int]:
+    """This process's peak memory, in bytes.
+
+    ``host_rss``: the high-water mark of its resident set since it started (Linux and
+    macOS; absent elsewhere). On a CUDA device also ``device_allocated`` (the most
+    bytes PyTorch's tensors held there) and ``device_reserved`` (the most its caching
+    allocator held from the driver: what must fit the card), both since the last
+    :func:`reset_peak_memory`.
+    """
+    out: dict[str, int] = {}
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["host_rss"] = int(rss if sys.platform == "darwin" else rss * 1024)  # KiB on Linux
+    except (ImportError, OSError):  # pragma: no cover - Windows
+        pass
+    if str(device).startswith("cuda"):
+        import torch
+
+        dev = torch.device(str(device))
+        out["device_allocated"] = int(torch.cuda.max_memory_allocated(dev))
+        out["device_reserved"] = int(torch.cuda.max_memory_reserved(dev))
+    return out
 
 
 def loader_settings(device: str, workers: int | None = None) -> dict[str, int | bool]:

@@ -180,6 +180,10 @@ def test_study_on_cuda_equals_the_study_on_cpu(device: str, tmp_path) -> None:
     gpu = run_study(device=device, dtype="float32", out=tmp_path / "gpu", **settings)
     bf16 = run_study(device=device, dtype="bfloat16", out=tmp_path / "bf16", **settings)
     assert cpu.n_images == gpu.n_images == bf16.n_images == 64
+    # the device's high-water marks are the run's own (reset when it starts)
+    assert "device_reserved" not in cpu.peak_memory
+    assert 0 < gpu.peak_memory["device_allocated"] <= gpu.peak_memory["device_reserved"]
+    assert gpu.peak_memory["device_reserved"] <= torch.cuda.get_device_properties(0).total_memory
 
     with xr.open_dataset(cpu.datasets["mi"]) as c, xr.open_dataset(gpu.datasets["mi"]) as g:
         np.testing.assert_allclose(g["mi"].values, c["mi"].values, atol=0.02, equal_nan=True)

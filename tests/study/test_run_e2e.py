@@ -63,6 +63,10 @@ def test_summary_and_manifest(finished):
     assert "vitprobe" in manifest["command"] and "--control" in manifest["command"]
     assert {"load_s", "pass1_s", "total_s"} <= set(manifest["timings_s"])
     assert set(manifest["results"]) == set(DOCUMENTED)
+    # two ViT-S models and their recorded batches: hundreds of MB, within this machine
+    peak = manifest["peak_memory_bytes"]
+    assert set(peak) == {"host_rss"} and 2e8 < peak["host_rss"] < 64e9
+    assert f"memory     peak {peak['host_rss'] / 1e9:.1f} GB resident" in proc.stdout
 
 
 def test_every_dataset_opens_with_documented_variables(finished):

@@ -115,6 +115,12 @@ def _summary(config, result, seconds: float) -> None:
         f"  analyses   {', '.join(config.analyses)}",
         f"  results    {config.out}/results/ ({len(result.datasets)} netCDF files)",
     ]
+    peak = result.peak_memory
+    held = ([f"{peak['host_rss'] / 1e9:.1f} GB resident"] if "host_rss" in peak else []) + (
+        [f"{peak['device_reserved'] / 1e9:.1f} GB on {config.device}"]
+        if "device_reserved" in peak else [])
+    if held:
+        lines.append(f"  memory     peak {', '.join(held)}")
     if result.report is not None:
         lines.append(f"  report     {result.report}")
     for path, reason in result.skipped[:10]:

@@ -41,7 +41,13 @@ from vitprobe.errors import (
     VitprobeError,
 )
 from vitprobe.record import Accumulator
-from vitprobe.resources import loader_settings, released_heap, retained_heap
+from vitprobe.resources import (
+    loader_settings,
+    peak_memory,
+    released_heap,
+    reset_peak_memory,
+    retained_heap,
+)
 from vitprobe.schema import TRAINED
 from vitprobe.study import checkpoint as ckpt
 from vitprobe.study import distributed as dist
@@ -72,6 +78,8 @@ class StudyResult:
     n_images: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: rank 0's peak memory in bytes (:func:`vitprobe.resources.peak_memory`)
+    peak_memory: dict[str, int] = field(default_factory=dict)
 
 
 class _Stop:
@@ -505,6 +513,7 @@ class Study:
     def run(self) -> StudyResult:
         cfg, world = self.config, self.world
         self.t_start = self.last_checkpoint = time.perf_counter()
+        reset_peak_memory(self.device)
         self.checkpoints_written = 0  # by this invocation (rank 0 writes them)
         self.elapsed_before = 0.0
         self.finished: dict[str, dict[str, np.ndarray]] = {}
@@ -584,12 +593,14 @@ class Study:
         self.timings["write_s"] = time.perf_counter() - t0
         self.timings["total_s"] = self._elapsed()
         result.timings = dict(self.timings)
+        result.peak_memory = peak_memory(self.device)
         result.n_images = len(self.ids) - len({s[0] for s in skipped})
         manifest.write_ended(
             self.out, self.run_info, "complete", n_images_counted=result.n_images,
             checkpoints_written=self.checkpoints_written,
             skipped=[{"path": p, "reason": r} for p, r in skipped],
             timings_s={k: round(v, 3) for k, v in result.timings.items()},
+            peak_memory_bytes=result.peak_memory,
             results={name: str(path.relative_to(self.out))
                      for name, path in result.datasets.items()})
         (self.out / runfolder.CHECKPOINT).unlink(missing_ok=True)

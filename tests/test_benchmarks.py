@@ -1,0 +1,43 @@
+"""The GPU figure's benchmark runs end to end on a CPU, so a session lent a GPU can run it
+at once (`benchmarks/scaling.py --mode forward`, issue 16)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.study.helpers import env
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
+
+
+def _rate(text: str, label: str) -> float:
+    match = re.search(re.escape(label) + r"\s*:\s*([0-9.]+) images/s", text)
+    assert match, f"no {label!r} line in:\n{text}"
+    return float(match.group(1))
+
+
+def test_study_against_the_plain_forward_on_written_jpegs():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--mode", "forward", "--model",
+         "timm:vit_tiny_patch16_224", "--n-images", "16", "--batch-size", "8"],
+        capture_output=True, text=True, env=env(threads=2), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "16 JPEG files written" in out and "16 images" in out
+    ceiling = _rate(out, "plain forward, batch on the device")
+    fed = _rate(out, "plain forward, fed by the loader")
+    study = _rate(out, "control none)")
+    assert ceiling > 0 and fed > 0 and study > 0
+    # the printed ratios are the rates' own
+    with_decoding = float(re.search(r"with decoding\s*:\s*([0-9.]+)", out).group(1))
+    assert with_decoding == pytest.approx(study / fed, rel=0.02)  # rates printed to 0.1
+    # the study does more than the forward over the same images
+    assert study < ceiling
+    assert re.search(r"passes 1, memory budget 4\.0 GB; peak host_rss [0-9.]+ GB", out)
