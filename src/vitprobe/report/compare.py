@@ -50,6 +50,7 @@ from matplotlib.figure import Figure
 
 from vitprobe.cache import atomic_write
 from vitprobe.errors import IncomparableRunsError, ResultsError
+from vitprobe.netcdf import open_lazily
 from vitprobe.plots.common import save_figure
 from vitprobe.report.html import DPI
 from vitprobe.schema import MODEL_DIM, TRAINED, model_style, stack_models
@@ -190,22 +191,14 @@ def read_run(path: str | Path) -> Run:
     files = sorted(folder.glob("*.nc")) if folder.is_dir() else []
     if not files:
         raise ResultsError(f"{path} holds no results/*.nc files")
-    datasets = {file.stem: _open_lazily(file) for file in files}
+    # lazily: a comparison reads a few small variables of files that hold hundreds of
+    # MB (per-neuron moments, bin edges), on first use
+    datasets = {file.stem: open_lazily(file) for file in files}
     named = [ds for ds in datasets.values() if MODEL_DIM in ds.dims]
     main_name = str(named[0][MODEL_DIM].values[0]) if named else TRAINED
     datasets = {k: ds if MODEL_DIM in ds.dims else stack_models({main_name: ds})
                 for k, ds in datasets.items()}
     return Run(path, manifest, datasets)
-
-
-def _open_lazily(path: Path) -> xr.Dataset:
-    """Open a results file without reading its arrays: a comparison needs a few small
-    variables of files that hold hundreds of MB (per-neuron moments, bin edges), and
-    reads only those, on first use."""
-    try:
-        return xr.open_dataset(path, engine="h5netcdf")
-    except (OSError, ValueError) as err:
-        raise ResultsError(f"cannot read {path}: {err}") from err
 
 
 def _unique_labels(runs: Sequence[Run], labels: Sequence[str] | None) -> list[str]:
