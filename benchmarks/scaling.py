@@ -23,7 +23,7 @@ ImageNet-val (50,000 images).
 
     python benchmarks/scaling.py [--n-images 128] [--model timm:vit_small_patch16_224]
     python benchmarks/scaling.py --device cuda --model timm:vit_base_patch16_224 \\
-        --batch-size 128 --dtype bfloat16 --n-images 4096
+        --batch-size 128 --dtype bfloat16 --n-images 4096 [--mi-bins 32]
     python benchmarks/scaling.py --mode forward --model timm:vit_tiny_patch16_224 \\
         --n-images 32 --batch-size 16          # the same measurement on a CPU (a check)
 """
@@ -177,6 +177,7 @@ def study_rate(args, images: str, out: Path) -> tuple[float, dict]:
            "--batch-size", str(args.batch_size), "--device", args.device,
            "--dtype", args.dtype, "--analyses", IMAGE_ANALYSES, "--control", args.control,
            *(["--workers", str(args.workers)] if args.workers is not None else []),
+           *(["--mi-bins", str(args.mi_bins)] if args.mi_bins is not None else []),
            "--out", str(out), "--no-report"]
     manifest = run_manifest(cmd)
     t = manifest["timings_s"]
@@ -239,6 +240,9 @@ def main() -> None:
                         help="decoding processes per rank (default: 0 in ranks mode on a "
                              "CPU, else the study's default)")
     parser.add_argument("--mi-channels", type=int, default=64, help="ranks mode only")
+    parser.add_argument("--mi-bins", type=int, default=None,
+                        help="forward mode: MI bins per neuron (default: the study's, from "
+                             "the number of images; 32 sizes the counts as for ImageNet-val)")
     parser.add_argument("--control", choices=("none", "random-init"), default="none",
                         help="forward mode: the study's control (default none)")
     parser.add_argument("--device", default="cpu")

@@ -67,15 +67,15 @@ def test_open_lazily_reads_arrays_on_first_use(tmp_path):
 
 @pytest.mark.parametrize("reader", [load_dataset, open_lazily])
 def test_bad_files_are_named(tmp_path, reader):
-    with pytest.raises(ResultsError, match="no .*results.* at .*missing.nc"):
+    with pytest.raises(ResultsError, match=r"no .*results.* at .*missing\.nc"):
         reader(tmp_path / "missing.nc")
     text = tmp_path / "text.nc"
     text.write_text("not netCDF")
-    with pytest.raises(ResultsError, match="cannot read .*text.nc"):
+    with pytest.raises(ResultsError, match=r"cannot read .*text\.nc"):
         reader(text)
     whole = save_dataset(_result_like(), tmp_path / "whole.nc").read_bytes()
     cut = tmp_path / "cut.nc"
     cut.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(ResultsError, match="cannot read .*cut.nc"):
+    with pytest.raises(ResultsError, match=r"cannot read .*cut\.nc"):
         with reader(cut) as ds:  # a truncated file fails on opening or on reading
             ds.load()

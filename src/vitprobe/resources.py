@@ -47,32 +47,50 @@ def available_memory() -> int | None:
 
 
 def reset_peak_memory(device: str | object) -> None:
-    """Start the device's high-water marks of :func:`peak_memory` afresh (CUDA only: a
-    process's resident high-water mark cannot be reset)."""
+    """Start the high-water marks of :func:`peak_memory` afresh: the resident set's on
+    Linux (``/proc/self/clear_refs``), the device's on CUDA."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # 5: reset the peak resident set size (Linux >= 4.0)
     if str(device).startswith("cuda"):
         import torch
 
         torch.cuda.reset_peak_memory_stats(torch.device(str(device)))
 
 
-def peak_memory(device: str | object) -> dict[str, int]:
-    """This process's peak memory, in bytes.
-
-    ``host_rss``: the high-water mark of its resident set since it started (Linux and
-    macOS; absent elsewhere). On a CUDA device also ``device_allocated`` (the most
-    bytes PyTorch's tensors held there) and ``device_reserved`` (the most its caching
-    allocator held from the driver: what must fit the card), both since the last
-    :func:`reset_peak_memory`.
-    """
-    out: dict[str, int] = {}
+def _resident_peak() -> int | None:
+    """The resident high-water mark in bytes: ``VmHWM`` (Linux; this process's own, reset
+    by :func:`reset_peak_memory`), else ``ru_maxrss`` (which on Linux also carries the
+    parent's resident size at fork over ``exec``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
         import sys
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB else
 
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out["host_rss"] = int(rss if sys.platform == "darwin" else rss * 1024)  # KiB on Linux
-    except (ImportError, OSError):  # pragma: no cover - Windows
-        pass
+
+def peak_memory(device: str | object) -> dict[str, int]:
+    """This process's peak memory, in bytes, since it started or the last
+    :func:`reset_peak_memory`.
+
+    ``host_rss``: the high-water mark of its resident set (absent where unknown). On a
+    CUDA device also ``device_allocated`` (the most bytes PyTorch's tensors held there)
+    and ``device_reserved`` (the most its caching allocator held from the driver: what
+    must fit the card).
+    """
+    out: dict[str, int] = {}
+    rss = _resident_peak()
+    if rss is not None:
+        out["host_rss"] = rss
     if str(device).startswith("cuda"):
         import torch
 
