@@ -3,6 +3,7 @@ helpers every accumulator shares (threads, the non-finite check)."""
 
 from vitprobe.record.accumulator import (
     Accumulator,
+    all_finite,
     nonfinite_rows,
     resolve_threads,
     run_parallel,
@@ -15,6 +16,7 @@ __all__ = [
     "SITE_KINDS",
     "Accumulator",
     "Recorder",
+    "all_finite",
     "nonfinite_rows",
     "parse_site",
     "resolve_sites",

@@ -40,7 +40,8 @@ Other shards (processes) must start from :meth:`~Accumulator.calibration_state_d
 Besides the protocol, this module holds what every accumulator (in
 :mod:`vitprobe.stats` and :mod:`vitprobe.attention`) and the study runner share:
 :func:`run_parallel` / :func:`resolve_threads` (groups or images of a batch on
-threads) and :func:`nonfinite_rows` (the images of a batch that hold NaN or inf).
+threads), :func:`nonfinite_rows` (the images of a batch that hold NaN or inf) and
+:func:`all_finite` (whether a whole cache is finite, with one device synchronisation).
 Errors follow :mod:`vitprobe.errors`: :class:`~vitprobe.errors.NotCalibratedError`,
 :class:`~vitprobe.errors.AlreadyCalibratedError`,
 :class:`~vitprobe.errors.IncompatibleStateError` (merge and load), and so on.
@@ -54,7 +55,7 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
@@ -64,7 +65,8 @@ import torch
 
 from vitprobe.errors import IncompatibleStateError
 
-__all__ = ["Accumulator", "nonfinite_rows", "resolve_threads", "run_parallel", "torch_threads"]
+__all__ = ["Accumulator", "all_finite", "nonfinite_rows", "resolve_threads", "run_parallel",
+           "torch_threads"]
 
 
 class Accumulator(ABC):
@@ -231,6 +233,30 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _finite_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s sum (0-d): NaN or inf anywhere in ``t`` makes it non-finite, and
+    activations never come near overflowing a float32 sum."""
+    return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every value of every tensor is finite, deciding with one host
+    synchronisation per device: the tensors' sums are stacked and checked at once.
+
+    Checking each recorded site on its own (:func:`nonfinite_rows`) makes the host wait
+    for a GPU once per site, 60 times per batch and model for DINOv2-S/14, and the
+    device idles while the host catches up; the common all-finite case needs one wait.
+    """
+    tensors = list(tensors)
+    sums: dict[torch.device, list[torch.Tensor]] = {}
+    # one intra-op thread on a CPU, as in nonfinite_rows
+    with (torch_threads(1) if any(t.device.type == "cpu" for t in tensors)
+          else contextlib.nullcontext()):
+        for t in tensors:
+            sums.setdefault(t.device, []).append(_finite_sum(t).double())
+    return all(bool(torch.isfinite(torch.stack(v)).all()) for v in sums.values())
+
+
 def nonfinite_rows(t: torch.Tensor) -> torch.Tensor | None:
     """None when every value of ``t`` is finite, else a (batch,) bool mask of the rows
     (images) holding NaN or inf. One sum decides the common case (about 50x cheaper than
@@ -241,8 +267,7 @@ def nonfinite_rows(t: torch.Tensor) -> torch.Tensor | None:
     (32, 257, 384) float32 site), while a two-thread reduction waits at torch's barrier
     for the other thread, which on a busy 2-core machine costs a scheduler slice: 34 ms
     median against 0.8 ms measured side by side (60 sites are checked per batch)."""
-    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
     with torch_threads(1) if t.device.type == "cpu" else contextlib.nullcontext():
-        if bool(torch.isfinite(t.sum(dtype=acc))):
+        if bool(torch.isfinite(_finite_sum(t))):
             return None
         return ~torch.isfinite(t).flatten(1).all(1)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vitprobe.record import Accumulator, Recorder, nonfinite_rows
+from vitprobe.record import Accumulator, Recorder, all_finite, nonfinite_rows
 from vitprobe.stats.joint import IMAGE_INDEX
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ class Streamer:
     def _drop_nonfinite(self, cache: dict[str, torch.Tensor], ids: list[str], variant: str,
                         ) -> tuple[dict[str, torch.Tensor] | None, torch.Tensor]:
         """The cache without images whose activations hold NaN or inf, and the kept rows."""
+        n = len(ids)
+        # the common case decided with one wait for the device, not one per site
+        if all_finite(t for t in cache.values() if t.is_floating_point()):
+            return cache, torch.arange(n)
         bad = None
         first: dict[int, str] = {}
         for site, t in cache.items():
@@ -100,7 +104,6 @@ class Streamer:
                 for i in torch.nonzero(rows).flatten().tolist():
                     first.setdefault(i, site)
                 bad = rows if bad is None else bad | rows
-        n = len(ids)
         if bad is None:
             return cache, torch.arange(n)
         for i, site in sorted(first.items()):
