@@ -26,6 +26,11 @@ fixed costs (everything but the counting pass) as a share of the default run (is
         [--skip-run | --only-run] [--n-images 512]
     python benchmarks/study_overhead.py --skip-run --model timm:vit_base_patch16_224 \
         --random-init      # the same analyses' counting pass on another model
+    python benchmarks/study_overhead.py --skip-run --model timm:vit_base_patch16_224 \
+        --random-init --device cuda --dtype bfloat16 --batch 128   # by part, on a GPU
+
+On a GPU every part is timed after a ``torch.cuda.synchronize()``, so the parts show
+where the device's time goes (the runner itself does not synchronise between them).
 """
 
 from __future__ import annotations
@@ -44,17 +49,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import vitprobe
-from vitprobe.record import Recorder, nonfinite_rows
+from vitprobe.record import Recorder, all_finite, nonfinite_rows
 from vitprobe.resources import retained_heap
 from vitprobe.stats.joint import IMAGE_INDEX
 from vitprobe.study.config import StudyConfig
+from vitprobe.study.stream import autocast
 
 
 def counting_pass(args) -> None:
     from vitprobe.analyses import Context, get_analysis
 
-    cfg = StudyConfig(batch_size=args.batch, **({"model": args.model} if args.model else {}))
-    model = vitprobe.load_model(cfg.model, pretrained=not args.random_init)
+    cfg = StudyConfig(batch_size=args.batch, device=args.device, dtype=args.dtype,
+                      **({"model": args.model} if args.model else {}))
+    model = vitprobe.load_model(cfg.model, pretrained=not args.random_init, device=args.device)
+    cuda = args.device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     # the default study's pass-1 accumulators, built as the study builds them
     context = Context(n_images=cfg.n_images, calibration_images=cfg.calibration_images,
                       batch_size=cfg.batch_size, seed=cfg.seed,
@@ -75,20 +88,24 @@ def counting_pass(args) -> None:
     part_s: dict[str, list[float]] = {}
 
     def run_batch(pixels: torch.Tensor, consume, parts: bool = False) -> None:
+        sync()
         clock = [time.perf_counter()]
 
         def lap(name: str) -> None:
+            sync()
             clock.append(time.perf_counter())
             if parts:
                 part_s.setdefault(name, []).append(clock[-1] - clock[-2])
 
         with recorder:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(args.device, args.dtype):
                 model.adapter.forward(pixels)
             cache = recorder.pop()
             lap("forward + recording")
-            for t in cache.values():  # the runner's check of every recorded site
-                if t.is_floating_point():
+            # the runner's check: every recorded site at once, per site only if that fails
+            floats = [t for t in cache.values() if t.is_floating_point()]
+            if not all_finite(floats):
+                for t in floats:
                     nonfinite_rows(t)
             cache[IMAGE_INDEX] = torch.arange(pixels.shape[0])
             lap("non-finite check")
@@ -97,23 +114,26 @@ def counting_pass(args) -> None:
                 lap(name)
 
     t0 = time.perf_counter()
-    run_batch(batches[0]["pixels"], lambda acc, c: acc.calibrate(c) if acc.needs_calibration
-              else acc.update(c))
+    run_batch(batches[0]["pixels"].to(args.device),
+              lambda acc, c: acc.calibrate(c) if acc.needs_calibration else acc.update(c))
     for acc in accs.values():
         if acc.needs_calibration:
             acc.end_calibration()
     calib_s = time.perf_counter() - t0
-    pixels = batches[1]["pixels"]
+    pixels = batches[1]["pixels"].to(args.device)
 
     def plain() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(args.device, args.dtype):
             model.adapter.forward(pixels)
+        sync()
 
     def counting() -> None:
         run_batch(pixels, lambda acc, c: acc.update(c), parts=True)
 
     one_pass = ", ".join(k for k, a in accs.items() if getattr(a, "counts_calibration", False))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.model}, "
+    where = (torch.cuda.get_device_name(torch.device(args.device)) if cuda
+             else f"{torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {where}, {args.dtype}, {cfg.model}, "
           f"batch {args.batch} of demo images; accumulators: "
           + ", ".join(f"{k} ({type(a).__name__})" for k, a in accs.items())
           + f"; {len(sites)} sites; one-pass calibration: {one_pass or 'none'}")
@@ -244,11 +264,15 @@ def main() -> None:
                         "model (e.g. timm:vit_base_patch16_224; with --skip-run)")
     parser.add_argument("--random-init", action="store_true",
                         help="--model with random weights (no hub here)")
+    parser.add_argument("--device", default="cpu", help="the counting pass's device")
+    parser.add_argument("--dtype", default="float32", help="the counting pass's dtype")
     parser.add_argument("--skip-run", action="store_true", help="counting pass only")
     parser.add_argument("--only-run", action="store_true", help="the default run only")
     args = parser.parse_args()
-    if (args.model or args.random_init) and not args.skip_run:
-        parser.error("--model and --random-init time the counting pass only: add --skip-run")
+    if (args.model or args.random_init or args.device != "cpu"
+            or args.dtype != "float32") and not args.skip_run:
+        parser.error("--model, --random-init, --device and --dtype time the counting pass "
+                     "only: add --skip-run")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.only_run:
