@@ -29,8 +29,8 @@ def nanstd(a: np.ndarray, axis: int | None = None, ddof: int = 0) -> np.ndarray 
     the denominator (NaN where that is not positive), no warning."""
     a = np.asarray(a, dtype=np.float64)
     count = np.sum(~np.isnan(a), axis=axis)
-    mean = nanmean(a, axis=axis)
-    centred = a - (np.expand_dims(mean, axis) if axis is not None else mean)
     with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(a, axis=axis) / count
+        centred = a - (np.expand_dims(mean, axis) if axis is not None else mean)
         var = np.nansum(centred * centred, axis=axis) / (count - ddof)
         return np.sqrt(np.where(count - ddof > 0, var, np.nan))
