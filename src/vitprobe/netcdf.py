@@ -86,9 +86,7 @@ def load_dataset(path: str | os.PathLike, *, kind: str = "vitprobe",
             (then it is not a ``kind`` result).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"no {kind} results at {path}")
-    with open_lazily(path) as ds:
+    with open_lazily(path, kind=kind) as ds:
         try:
             ds.load()
         except (OSError, ValueError, RuntimeError) as err:  # netCDF-C: RuntimeError
@@ -99,16 +97,17 @@ def load_dataset(path: str | os.PathLike, *, kind: str = "vitprobe",
     return ds
 
 
-def open_lazily(path: str | os.PathLike) -> xr.Dataset:
+def open_lazily(path: str | os.PathLike, *, kind: str = "vitprobe") -> xr.Dataset:
     """Open a result file without reading its arrays (each is read on first use); close
     it when done (or use it as a context manager).
 
     Raises:
-        ResultsError: the file is missing, unreadable or not netCDF.
+        ResultsError: the file is missing (named as ``kind`` results), unreadable or
+            not netCDF.
     """
     path = Path(path)
     if not path.is_file():
-        raise ResultsError(f"no results file at {path}")
+        raise ResultsError(f"no {kind} results at {path}")
     try:
         return xr.open_dataset(path, engine=READ_ENGINE)
     except (OSError, ValueError, RuntimeError) as err:

@@ -36,10 +36,16 @@ def available_cpus() -> int:
 def available_memory() -> int | None:
     """Bytes the system can still hand out without swapping (``MemAvailable`` of
     ``/proc/meminfo``); None where that is not known (not Linux)."""
+    return _proc_kib("/proc/meminfo", "MemAvailable")
+
+
+def _proc_kib(path: str, key: str) -> int | None:
+    """Bytes of a ``key:  N kB`` line of a Linux ``/proc`` file; None where there is
+    none (not Linux, or no such line)."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -62,13 +68,9 @@ def _resident_peak() -> int | None:
     """The resident high-water mark in bytes: ``VmHWM`` (Linux; this process's own, reset
     by :func:`reset_peak_memory`), else ``ru_maxrss`` (which on Linux also carries the
     parent's resident size at fork over ``exec``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    hwm = _proc_kib("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return hwm
     try:
         import resource
         import sys
