@@ -206,7 +206,11 @@ def test_cuda_matches_cpu():
     gpu = AngleAccumulator.from_model(model, device="cuda")
     stream(gpu, [{k: v.cuda() for k, v in c.items()} for c in caches])
     assert gpu._state["count"].is_cuda
-    np.testing.assert_array_equal(gpu.sums()["count"], cpu.sums()["count"])
+    # the same pairs; the GPU centres the Gram directly (the CPU by a rank-two
+    # correction), so a pair on a bin edge may move to the neighbouring bin
+    count_gpu, count_cpu = gpu.sums()["count"], cpu.sums()["count"]
+    np.testing.assert_array_equal(count_gpu.sum(-1), count_cpu.sum(-1))
+    assert np.abs(count_gpu - count_cpu).sum() <= 1e-3 * count_cpu.sum()
     for k in SUM_KEYS:
         np.testing.assert_allclose(gpu.sums()[k], cpu.sums()[k], rtol=1e-5, atol=1e-6,
                                    err_msg=k)

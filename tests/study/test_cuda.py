@@ -15,6 +15,7 @@ Run on a GPU machine with ``python -m pytest -m gpu tests/study/test_cuda.py``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -225,3 +226,164 @@ def test_auto_memory_budget_on_the_gpu_is_a_share_of_its_memory() -> None:
     total = torch.cuda.get_device_properties(0).total_memory
     budget = StudyConfig(device="cuda:0").memory_budget
     assert budget == max(CPU_MEMORY_BUDGET, int(GPU_MEMORY_BUDGET_SHARE * total))
+
+
+# -- the counting pass on the device: the study's own accumulators --------------------------
+
+#: torch calls that make the host wait for the device (or copy from the host with a wait)
+_WAITING = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu",
+            "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select",
+            "bincount", "histc", "equal", "allclose", "is_nonzero", "repeat_interleave"}
+
+
+class _HostWaits(torch.overrides.TorchFunctionMode):
+    """Records the torch calls that would make the host wait for an accelerator: reading
+    values back (``item``, ``bool``, ``tolist``, ``cpu``...), ops whose output size
+    depends on the values (``nonzero``, ``bincount``, boolean indexing...) and blocking
+    copies from host arrays (``as_tensor(array, device=...)``). Host tensors by design
+    (the study's image indices) may be read. Thread-local: the device path runs the
+    groups of a batch on the calling thread."""
+
+    def __init__(self, host: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.host = host
+        self.calls: list[str] = []
+        self.seen: set[str] = set()  # every call's name: the work ran on this thread
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        self.seen.add(name)
+        waits = name in _WAITING and not any(args and args[0] is t for t in self.host)
+        if name == "__getitem__" and len(args) > 1:
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            waits = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+        if name in ("as_tensor", "tensor") and "device" in kwargs \
+                and not isinstance(args[0], torch.Tensor):
+            waits = True
+        if waits:
+            import traceback
+
+            frame = next(f for f in reversed(traceback.extract_stack()[:-1])
+                         if "/vitprobe/" in f.filename)
+            self.calls.append(f"{name} at {frame.filename.rsplit('src/', 1)[-1]}:"
+                              f"{frame.lineno} ({frame.name})")
+        return func(*args, **kwargs)
+
+
+def _study_accumulators(model, device: str, device_path: bool) -> dict:
+    """The default study's image accumulators for ``model``, built by the analysis
+    plug-ins as ``run_study`` builds them; ``device_path``: the accelerator code path."""
+    from vitprobe.analyses import Context, get_analysis
+    from vitprobe.study.config import StudyConfig
+
+    cfg = StudyConfig(mi_bins=8)
+    context = Context(n_images=64, calibration_images=16, batch_size=8, device=device,
+                      memory_budget=cfg.memory_budget, options=cfg.analysis_options())
+    accs = {}
+    for name in cfg.analyses:
+        analysis = get_analysis(name)
+        if analysis.needs_images:
+            analysis.plan(model, context)
+            accs |= {f"{name}/{file}": acc
+                     for file, acc in analysis.accumulators(model, context, 0).items()}
+    for acc in accs.values():
+        acc.device_path_on_cpu = device_path
+    return accs
+
+
+def _count(model, accs: dict, device: str, n_batches: int, waits: list[str] | None = None,
+           seen: set[str] | None = None):
+    """Calibrate on the first batch, count the rest, as the runner does; the
+    accumulators' calls on the last batch are watched when ``waits`` is given."""
+    from vitprobe.record import Recorder, all_finite
+    from vitprobe.stats.joint import IMAGE_INDEX
+
+    sites = sorted({s for acc in accs.values() for s in acc.sites})
+    pixels = zoo.pixels(model, batch=8 * n_batches, seed=5).to(device)
+    with Recorder(model, sites) as recorder:
+        for b in range(n_batches):
+            with torch.inference_mode():
+                model.adapter.forward(pixels[8 * b : 8 * b + 8])
+            cache = recorder.pop()
+            # the runner's one wait per batch, before the accumulators
+            assert all_finite(t for t in cache.values() if t.is_floating_point())
+            cache[IMAGE_INDEX] = index = torch.arange(8 * b, 8 * b + 8)  # host, as the runner's
+            watch = waits is not None and b == n_batches - 1
+            with _watched(device, [index], waits, seen) if watch \
+                    else contextlib.nullcontext():
+                for acc in accs.values():
+                    if b == 0 and acc.needs_calibration:
+                        acc.calibrate(cache)
+                    else:
+                        acc.update(cache)
+            if b == 0:
+                for acc in accs.values():
+                    if acc.needs_calibration:
+                        acc.end_calibration()
+    return accs
+
+
+@contextlib.contextmanager
+def _watched(device: str, host: list[torch.Tensor], waits: list[str], seen: set[str]):
+    """Collect the host waits of the block into ``waits`` and the names of all torch
+    calls into ``seen``; on CUDA the driver's own check (``set_sync_debug_mode``)
+    raises at any synchronisation besides."""
+    watch = _HostWaits(host)
+    if device.startswith("cuda"):
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with watch:
+            yield
+    finally:
+        if device.startswith("cuda"):
+            torch.cuda.set_sync_debug_mode(0)
+        waits += watch.calls
+        seen |= watch.seen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_counting_pass_never_waits_for_the_device(device: str) -> None:
+    """On an accelerator the host queues a batch's work and goes on; each wait for the
+    device (a value read back, bincount sizing its output, a blocking copy from host
+    memory) leaves the device idle until the host has queued more. The accumulators of
+    the default study wait for nothing (the runner's finite check is the batch's one
+    wait)."""
+    model = zoo.make("hf-dinov2").to(device)
+    accs = _study_accumulators(model, device, device_path=True)
+    assert set(accs) == {"moments/moments", "moments/histograms", "mi/mi", "bowtie/bowtie",
+                         "angles/angles"}
+    waits: list[str] = []
+    seen: set[str] = set()
+    _count(model, accs, device, n_batches=3, waits=waits, seen=seen)
+    assert waits == []
+    # the counting ran where it was watched: the device path's adds, not the CPU kernels
+    # on worker threads
+    assert {"index_add_", "scatter_add_", "searchsorted"} <= seen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_counting_pass_device_path_equals_the_cpu_path(device: str) -> None:
+    """The default study's accumulators on the accelerator path (on a CPU: the same
+    torch code on CPU tensors) hold the CPU path's (compiled kernels') state."""
+    model = zoo.make("hf-dinov2")
+    cpu = _count(model, _study_accumulators(model, "cpu", device_path=False), "cpu", 4)
+    model.to(device)
+    dev = _count(model, _study_accumulators(model, device, device_path=True), device, 4)
+    for key, acc in cpu.items():
+        ref, got = acc.state_dict(), dev[key].state_dict()
+        assert ref.keys() == got.keys(), key
+        for name, value in ref.items():
+            where = f"{key}: {name}"
+            if value.dtype.kind == "f":  # float sums: float32 work, reassociated
+                np.testing.assert_allclose(got[name], value, rtol=1e-5,
+                                           atol=1e-6 * float(np.abs(value).max(initial=0)),
+                                           err_msg=where)
+            elif device == "cpu" or not name.startswith(("count", "hist")):
+                np.testing.assert_array_equal(got[name], value, err_msg=where)
+            else:  # a GPU rounds activations on a bin edge to the neighbouring bin
+                a, b = got[name].astype(np.int64), value.astype(np.int64)
+                assert a.sum() == b.sum(), where
+                assert np.abs(a - b).sum() <= 0.01 * max(1, b.sum()), where
+        counts = [v for k, v in ref.items() if k.startswith(("count", "hist"))]
+        assert sum(int(v.astype(np.int64).sum()) for v in counts) > 0 or not counts, key

@@ -424,7 +424,7 @@ class AngleAccumulator(Accumulator):
                                   f"expected {shape[:3]} + (d_head,)")
         s, a = attention_from_qk(q[rows].to(device), k[rows].to(device), self.attn_scale,
                                  self.compute_dtype, scratch,
-                                 softmax=not compiled(device, self.compute_dtype))
+                                 softmax=not self._compiled(device))
         return s, a, True
 
     @torch.no_grad()
@@ -441,7 +441,7 @@ class AngleAccumulator(Accumulator):
         if n_batch == 0:
             return
         self._to(self.device or e.device)
-        if compiled(self.device, self.compute_dtype):
+        if self._compiled(self.device):
             self._update_compiled(cache, n_batch)
         else:
             for li, layer in enumerate(self.layers):
@@ -473,11 +473,18 @@ class AngleAccumulator(Accumulator):
         e = self._embeddings(cache, layer)[rows]
         scores, pattern, writable = self._attention(cache, layer, n_batch, dev, rows, scratch)
         mu = self.mean_token[li] if self.mean_token is not None else None
+        # the accelerator path centres the Gram directly: choosing the rank-two
+        # correction from the batch's values would make the host wait for the device
         geometry = pair_geometry(e.to(device=dev, dtype=self.compute_dtype), self.start,
                                  self.bins, self.variants, mean_token=mu, scratch=scratch,
-                                 cosines_only=compiled(dev, self.compute_dtype))
+                                 cosines_only=self._compiled(dev),
+                                 direct_centring=True if self.uses_device_path(dev) else None)
         return layer_sums(geometry, scores, pattern, self.start, self.bins,
                           scores_writable=writable, scratch=scratch, threads=threads)
+
+    def _compiled(self, device: torch.device) -> bool:
+        """Whether batches on ``device`` go through the compiled CPU kernel."""
+        return not self.uses_device_path(device) and compiled(device, self.compute_dtype)
 
     def _update_compiled(self, cache: Mapping[str, Any], n_batch: int) -> None:
         """CPU: the images are split over ``torch.get_num_threads()`` threads; each forms

@@ -138,6 +138,7 @@ def pair_geometry(
     mean_token: torch.Tensor | None = None,
     scratch: Scratch | None = None,
     cosines_only: bool = False,
+    direct_centring: bool | None = None,
 ) -> PairGeometry:
     """Cosines, angles and joint angle bins of every pair of one batch.
 
@@ -151,6 +152,10 @@ def pair_geometry(
         cosines_only: stop after the cosines (not yet clamped to [-1, 1], excluded
             pairs not zeroed; ``theta`` and ``joint_bin`` are None): the compiled
             :func:`layer_sums` does the rest row by row.
+        direct_centring: form the centred Gram from ``e - mean_token`` (True) or by the
+            rank-two correction of the raw one (False); None (default) chooses from the
+            batch (direct above an anisotropy ratio of 100), which reads two values back
+            to the host: on an accelerator pass True, so that the host never waits.
     """
     e = embeddings
     scratch = scratch or Scratch()
@@ -167,9 +172,11 @@ def pair_geometry(
         mu = mean_token.to(e.dtype)
         a, m = e @ mu, mu @ mu
         sq_c = (sq - 2 * a + m).clamp_min(0)
-        if float(m) > _DIRECT_CENTRING_ABOVE * float(sq_c.mean()):
-            uc = (e - mu) * _inv_norm(sq_c)[..., None]
-            _gram(uc, out)
+        if direct_centring is None:
+            direct_centring = float(m) > _DIRECT_CENTRING_ABOVE * float(sq_c.mean())
+        if direct_centring:
+            d = e - mu  # its norms from d itself: sq_c lost digits to the cancellation
+            _gram(d * _inv_norm((d * d).sum(-1))[..., None], out)
         else:
             s = _inv_norm(sq_c)
             w = sq.sqrt() * s

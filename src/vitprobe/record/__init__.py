@@ -4,6 +4,7 @@ helpers every accumulator shares (threads, the non-finite check)."""
 from vitprobe.record.accumulator import (
     Accumulator,
     all_finite,
+    host_to_device,
     nonfinite_rows,
     resolve_threads,
     run_parallel,
@@ -17,6 +18,7 @@ __all__ = [
     "Accumulator",
     "Recorder",
     "all_finite",
+    "host_to_device",
     "nonfinite_rows",
     "parse_site",
     "resolve_sites",

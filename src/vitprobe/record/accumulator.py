@@ -65,8 +65,8 @@ import torch
 
 from vitprobe.errors import IncompatibleStateError
 
-__all__ = ["Accumulator", "all_finite", "nonfinite_rows", "resolve_threads", "run_parallel",
-           "torch_threads"]
+__all__ = ["Accumulator", "all_finite", "host_to_device", "nonfinite_rows", "resolve_threads",
+           "run_parallel", "torch_threads"]
 
 
 class Accumulator(ABC):
@@ -81,6 +81,14 @@ class Accumulator(ABC):
     #: whether the images given to :meth:`calibrate` are counted too (by the end of
     #: :meth:`end_calibration`), so that they must not be passed to :meth:`update` again
     counts_calibration: bool = False
+    #: run the accelerator code path (torch ops only, groups one after the other, no
+    #: host synchronisation) on CPU tensors too: how the tests check it, against the CPU
+    #: path and for waits on the device, on machines without a GPU
+    device_path_on_cpu: bool = False
+
+    def uses_device_path(self, device: torch.device | str) -> bool:
+        """Whether tensors on ``device`` take the accelerator code path."""
+        return torch.device(device).type != "cpu" or self.device_path_on_cpu
 
     def calibrate(self, cache: Mapping[str, Any]) -> None:  # pragma: no cover - optional
         """Consume one batch of the calibration pass.
@@ -231,6 +239,18 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def host_to_device(values: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` (host memory) as a tensor on ``device``, without waiting for the device.
+
+    A plain copy from pageable host memory (``torch.as_tensor(a, device=...)``) makes
+    the host wait until the device has finished all queued work; with
+    ``non_blocking=True`` CUDA copies the bytes to a staging buffer at once and queues
+    the transfer behind that work, so the host goes on queueing the batch's kernels.
+    """
+    t = torch.as_tensor(values)
+    return t if t.device == torch.device(device) else t.to(device, non_blocking=True)
 
 
 def _finite_sum(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from vitprobe.stats.layout import Group, NeuronLayout, site_name
 __all__ = [
     "LAYER_ATTRS",
     "SUBLAYER_ATTRS",
+    "add_ones",
     "as_float32_numpy",
     "group_axes",
     "groups_attr",
@@ -53,6 +54,16 @@ def patch_activations(cache: Mapping[str, Any], layout: NeuronLayout, group: Gro
     if channels is not None:
         x = x.index_select(2, channels.to(t.device))
     return x
+
+
+def add_ones(counts: torch.Tensor, cells: torch.Tensor) -> None:
+    """``counts.view(-1)[cells] += 1`` with repeated cells adding up, in place: the
+    counting of the torch (and accelerator) paths. ``index_add_`` of a broadcast one
+    needs no buffer of ones and, unlike ``bincount``, never makes the host wait for the
+    device to size its output."""
+    flat = cells.reshape(-1).to(counts.device)
+    one = torch.ones((), dtype=counts.dtype, device=counts.device)
+    counts.view(-1).index_add_(0, flat, one.expand(flat.numel()))
 
 
 def as_float32_numpy(t: torch.Tensor) -> np.ndarray:

@@ -69,10 +69,16 @@ from vitprobe.errors import (
     NotCalibratedError,
     ResultsError,
 )
-from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
+from vitprobe.record.accumulator import (
+    Accumulator,
+    host_to_device,
+    resolve_threads,
+    run_parallel,
+)
 from vitprobe.stats._common import (
     LAYER_ATTRS,
     SUBLAYER_ATTRS,
+    add_ones,
     group_axes,
     groups_attr,
     layout_attrs,
@@ -269,7 +275,8 @@ class BowtieCounts(Accumulator):
         self.counts: list[torch.Tensor] = []  # (F, K, S * B * B) int32 per group
         #: (G, K) bool: pairs of one channel (counted on the half table)
         self.same: np.ndarray | None = None
-        self._torch_tables: dict[tuple[str, str], torch.Tensor] = {}
+        #: host tables copied to the device once: position pairs, binning per group
+        self._torch_tables: dict[tuple[str, str], Any] = {}
 
     @property
     def n_pairs(self) -> int:
@@ -388,16 +395,28 @@ class BowtieCounts(Accumulator):
         """(b, 2K, P) uint8 bin ids of every pair's x and y channel at every position."""
         assert self.channel is not None and self.centre is not None
         assert self.half_range is not None
-        ch = torch.as_tensor(self.channel[gi].reshape(-1), device=x.device)
-        lo = self.centre[gi] - self.half_range[gi]
-        scale = np.float32(self.bins) / (np.float32(2) * self.half_range[gi])
-        lo_t = torch.as_tensor(lo.reshape(-1), device=x.device)
-        sc_t = torch.as_tensor(scale.reshape(-1).astype(np.float32), device=x.device)
+        ch, lo_t, sc_t = self._binning_tables(gi, x.device)
         v = x.index_select(2, ch).float()  # (b, P, 2K)
         z = ((v - lo_t) * sc_t).floor_().clamp_(0, self.bins - 1)
         # NaN (never reaches here in a study, which drops non-finite images) -> bin 0
         z = torch.nan_to_num(z, nan=0.0)
         return z.to(torch.uint8).transpose(1, 2).contiguous()
+
+    def _binning_tables(self, gi: int, device: torch.device,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group ``gi``'s (2K,) channels, lower edges and bins per unit, on ``device``
+        (copied once, not once per batch: each copy from the host is a wait on a GPU)."""
+        key = ("binning", str(gi))
+        t = self._torch_tables.get(key)
+        if t is None or t[0].device != device:
+            assert self.channel is not None and self.centre is not None
+            assert self.half_range is not None
+            lo = self.centre[gi] - self.half_range[gi]
+            scale = np.float32(self.bins) / (np.float32(2) * self.half_range[gi])
+            t = self._torch_tables[key] = tuple(
+                torch.as_tensor(a.reshape(-1), device=device)
+                for a in (self.channel[gi], lo, scale.astype(np.float32)))
+        return t
 
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
@@ -424,24 +443,26 @@ class BowtieCounts(Accumulator):
         fold = (order % self.folds).astype(np.int64)
         dev = self.device
         assert dev is not None
-        if dev.type == "cpu":
+        if not self.uses_device_path(dev):
             run_parallel(lambda gi: self._update_group(gi, xs[gi], fold), len(xs),
                          resolve_threads(self.threads))
         else:
+            fold_t = host_to_device(fold, dev)  # once per batch, for every group
             for gi, x in enumerate(xs):
-                self._update_group(gi, x, fold)
+                self._update_group_torch(gi, self._bin_ids(gi, x.to(dev)), fold_t)
         self.n += nb
 
     def _update_group(self, gi: int, x: torch.Tensor, fold: np.ndarray) -> None:
+        """CPU path: the compiled kernel, or the torch path (``VITPROBE_JIT=0``)."""
         x = x.to(self.device)
         ids = self._bin_ids(gi, x)
         assert self.same is not None
-        if ids.device.type == "cpu" and jit_enabled():
+        if jit_enabled():
             bowtie_update(ids.numpy(), fold, self.same[gi], self._offsets["full"],
                           self._offsets["half"], self.layout.grid[1], *self._central,
                           self.layout.centre_position, self.bins, self.counts[gi].numpy())
             return
-        self._update_group_torch(gi, ids, fold)
+        self._update_group_torch(gi, ids, torch.as_tensor(fold))
 
     def _table(self, name: str, part: int, device: torch.device) -> torch.Tensor:
         t = self._torch_tables.get((name, str(part)))
@@ -450,22 +471,20 @@ class BowtieCounts(Accumulator):
                 self._lists[name][part], device=device)
         return t
 
-    def _update_group_torch(self, gi: int, ids: torch.Tensor, fold: np.ndarray) -> None:
-        """Reference (and accelerator) path: gather every position pair's cell, bincount."""
+    def _update_group_torch(self, gi: int, ids: torch.Tensor, fold: torch.Tensor) -> None:
+        """Reference (and accelerator) path: gather every position pair's cell and add
+        one there (``fold``: (b,) int64 on the ids' device)."""
         assert self.same is not None
         dev = ids.device
         b = self.bins
         size = self.n_slots * b * b
         k = self.n_pairs
-        f = torch.as_tensor(fold, device=dev)
         for ki in range(k):
             name = "half" if self.same[gi, ki] else "full"
             pp, qq, off = (self._table(name, j, dev) for j in range(3))
             xi = ids[:, 2 * ki].long().index_select(1, pp)  # (b, T)
             yi = ids[:, 2 * ki + 1].long().index_select(1, qq)
-            flat = (f[:, None] * k + ki) * size + off + xi * b + yi
-            counts = torch.bincount(flat.reshape(-1), minlength=self.folds * k * size)
-            self.counts[gi] += counts.view(self.folds, k, size).to(torch.int32)
+            add_ones(self.counts[gi], (fold[:, None] * k + ki) * size + off + xi * b + yi)
 
     def folded_counts(self, gi: int) -> np.ndarray:
         """(F, K, S, B, B) int64 counts of group ``gi`` as ordered position pairs:

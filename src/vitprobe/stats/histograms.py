@@ -50,6 +50,7 @@ from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parall
 from vitprobe.stats._common import (
     LAYER_ATTRS,
     SUBLAYER_ATTRS,
+    add_ones,
     as_float32_numpy,
     group_axes,
     groups_attr,
@@ -155,7 +156,8 @@ class NeuronHistograms(Accumulator):
                 calib[gi] = bm if calib[gi] is None else combine_moments(calib[gi], bm)
 
             # groups are independent: on CPU they run in parallel like the counting
-            run_parallel(add, len(xs), resolve_threads(self.threads) if dev.type == "cpu" else 1)
+            run_parallel(add, len(xs),
+                         1 if self.uses_device_path(dev) else resolve_threads(self.threads))
             self._calib_n += take
         if self.counts_calibration and self.calibration_images is not None \
                 and self._calib_n >= self.calibration_images:
@@ -213,27 +215,26 @@ class NeuronHistograms(Accumulator):
         k = self.n_bins + 2
         c = self.layout.d_model
         cp = self.layout.centre_position
-        off = torch.arange(c, device=self.device) * k
         xs = [x.to(self.device) for x in xs]
         nb = xs[0].shape[0] if xs else 0
-        if self.device.type == "cpu" and self.hist_neuron is None:
+        if not self.uses_device_path(self.device) and self.hist_neuron is None:
             self._numpy_tables()
             run_parallel(lambda gi: self._update_numpy(gi, xs[gi]), len(xs),
                          resolve_threads(self.threads))
             self.n += nb
             return
+        # accelerator path: each value's cell in the (C, k) counts of its group, added
+        # with index_add_ (bincount would make the host wait for the device twice per
+        # call, to size its output)
+        off = torch.arange(c, device=self.device) * k
         for gi, x in enumerate(xs):
-            bins = self._bins(x, gi)  # (b, P, C)
-            flat = (bins + off).reshape(-1)
-            self.hist[gi] += torch.bincount(flat, minlength=c * k).reshape(c, k)
-            self.hist_centre[gi] += torch.bincount((bins[:, cp] + off).reshape(-1),
-                                                   minlength=c * k).reshape(c, k)
+            cell = self._bins(x, gi).add_(off)  # (b, P, C)
+            add_ones(self.hist[gi], cell)
+            add_ones(self.hist_centre[gi], cell[:, cp])
             if self.hist_neuron is not None:
-                pc = torch.arange(self.layout.n_positions * c, device=self.device).view(
-                    self.layout.n_positions, c) * k
-                self.hist_neuron[gi].view(-1).index_add_(
-                    0, (bins + pc).reshape(-1),
-                    torch.ones(bins.numel(), dtype=torch.int64, device=self.device))
+                cell += torch.arange(self.layout.n_positions, device=self.device)[:, None] \
+                    * (c * k)
+                add_ones(self.hist_neuron[gi], cell)
         self.n += nb
 
     def _numpy_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -414,3 +415,4 @@ class NeuronHistograms(Accumulator):
                          "n_images": int(self.n), "n_bins": self.n_bins,
                          "z_range": self.z_range})
         return ds
+

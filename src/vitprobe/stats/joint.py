@@ -78,8 +78,14 @@ from vitprobe.errors import (
     InsufficientDataError,
     NotCalibratedError,
 )
-from vitprobe.record.accumulator import Accumulator, resolve_threads, run_parallel
+from vitprobe.record.accumulator import (
+    Accumulator,
+    host_to_device,
+    resolve_threads,
+    run_parallel,
+)
 from vitprobe.stats._common import (
+    add_ones,
     as_float32_numpy,
     patch_activations,
 )
@@ -166,10 +172,6 @@ class JointCounts(Accumulator):
 
     name = "neuron_mi"
     needs_calibration = True
-    #: run the accelerator code path (``searchsorted`` + ``index_add_``) on CPU tensors
-    #: too: how the tests check it against the numpy path on machines without a GPU
-    device_path_on_cpu: bool = False
-
     def __init__(self, layout: NeuronLayout, bins: int = 32, *,
                  groups: Iterable[Group] | None = None, channels: Sequence[int] | None = None,
                  calibration_images: int = 1024, split_half: bool = True,
@@ -218,7 +220,6 @@ class JointCounts(Accumulator):
         self._scratch_bufs: dict[int, dict[str, np.ndarray]] = {}  # group -> name -> buffer
         self.null: list[torch.Tensor] = []  # (C_null, B_x, P, B_y) int32
         self.cross_counts: list[torch.Tensor] = []  # (H, K, B_x, B_y) int32
-        self._ones: dict[torch.dtype, torch.Tensor] = {}
         self._device_arrays: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
         #: (G, P, C) float32 range of each neuron over the calibration reservoir
         self.vmin: torch.Tensor | None = None
@@ -335,7 +336,7 @@ class JointCounts(Accumulator):
             self._reservoir[gi] = []
 
         assert self.device is not None
-        threads = resolve_threads(self.threads) if self.device.type == "cpu" else 1
+        threads = 1 if self.uses_device_path(self.device) else resolve_threads(self.threads)
         run_parallel(fix, g, threads)
         self.calibration_n = self._res_n
         self._res_n = 0
@@ -343,10 +344,6 @@ class JointCounts(Accumulator):
         pending, self._pending, self._pending_n = self._pending, [], 0
         total = sum(order.size for _, order in pending)
         self._ensure_capacity(total)
-        max_b = max((order.size for _, order in pending), default=0)
-        if not (self.device.type == "cpu" and jit_enabled()) or self.device_path_on_cpu:
-            for dt in {self._initial_dtype(self.device), torch.int32}:
-                self._ones_for(dt, self.device, self._max_increments(max_b))
 
         def count(gi: int) -> None:
             self._allocate(gi, total)
@@ -443,11 +440,8 @@ class JointCounts(Accumulator):
         if any(x.shape[0] != nb for x in xs):
             raise InputShapeError("all sites of a batch must hold the same images")
         self._ensure_capacity(nb)
-        if not (xs[0].device.type == "cpu" and jit_enabled()) or self.device_path_on_cpu:
-            for dt in {c.dtype for c in self.counts} | {torch.int32}:  # pre-size shared buffers
-                self._ones_for(dt, self.counts[0].device, self._max_increments(nb))
         half = self._order(cache, nb, self.n) % self.n_halves
-        if xs[0].device.type == "cpu":
+        if not self.uses_device_path(xs[0].device):
             run_parallel(lambda gi: self._update_group(gi, xs[gi], half), len(xs),
                          resolve_threads(self.threads))
         else:
@@ -456,17 +450,6 @@ class JointCounts(Accumulator):
         if self.null_idx.size and nb >= 2:
             self.n_null += nb
         self.n += nb
-
-    def _max_increments(self, b: int) -> int:
-        """Upper bound on the increments of one ``_add`` call for a batch of ``b``."""
-        return b * self.layout.n_positions * self.channels.size
-
-    def _ones_for(self, dtype: torch.dtype, device: torch.device, n: int) -> torch.Tensor:
-        ones = self._ones.get(dtype)
-        if ones is None or ones.numel() < n or ones.device != device:
-            ones = torch.ones(n, dtype=dtype, device=device)
-            self._ones[dtype] = ones
-        return ones
 
     def _max_per_half(self, n: int) -> int:
         return (n + 1) // 2 if self.split_half else n
@@ -480,7 +463,7 @@ class JointCounts(Accumulator):
     def _update_group(self, gi: int, x: torch.Tensor, half: np.ndarray) -> None:
         """Count one group's (b, P, C) activations; ``half`` (b,) is each image's half."""
         x = x.to(self.device)
-        if x.device.type == "cpu" and not self.device_path_on_cpu:
+        if not self.uses_device_path(x.device):
             self._update_group_numpy(gi, x, half)
         else:
             self._update_group_torch(gi, x, half)
@@ -511,7 +494,7 @@ class JointCounts(Accumulator):
         flat = self._scratch(gi, "flat", b * p * c, idt).reshape(b, c, p)
         np.add(base[:, :, None], np.arange(p, dtype=idt) * nb, out=flat)
         np.add(flat, idn.transpose(0, 2, 1), out=flat)
-        self._add(main, torch.from_numpy(flat))
+        add_ones(main, torch.from_numpy(flat))
         if self.null_idx.size and b >= 2:  # layout (C_null, B_x, P, B_y)
             ni = self.null_idx
             cn = ni.size
@@ -519,14 +502,14 @@ class JointCounts(Accumulator):
             # y from the next image of the batch (the last pairs with the first)
             ys = np.roll(idn[:, :, ni].transpose(0, 2, 1), -1, axis=0)  # (b, Cn, P)
             flat = ((np.arange(cn) * nb + xs)[:, :, None] * p + np.arange(p)) * nb + ys
-            self._add(self.null[gi], torch.from_numpy(flat))
+            add_ones(self.null[gi], torch.from_numpy(flat))
         if self.cross.shape[0]:  # layout (H, K, B_x, B_y)
             cr = self.cross
             k = cr.shape[0]
             xk = xc[:, cr[:, 0]].astype(np.int64)
             yk = idn[:, cr[:, 2], cr[:, 1]]
             flat = ((half[:, None] * k + np.arange(k)) * nb + xk) * nb + yk
-            self._add(self.cross_counts[gi], torch.from_numpy(flat))
+            add_ones(self.cross_counts[gi], torch.from_numpy(flat))
 
     def _update_group_torch(self, gi: int, x: torch.Tensor, half: np.ndarray) -> None:
         """Accelerator path: searchsorted binning and ``index_add_``, all on device."""
@@ -542,7 +525,7 @@ class JointCounts(Accumulator):
         xc = ids[:, cp, :]
         base = ((ht[:, None] * c + torch.arange(c, device=dev)) * nb + xc) * (p * nb)
         flat = base[:, :, None] + torch.arange(p, device=dev) * nb + ids.transpose(1, 2)
-        self._add(self.counts[gi], flat)
+        add_ones(self.counts[gi], flat)
         if self.null_idx.size and b >= 2:
             ni = self._on_device("null_idx", self.null_idx, dev)
             cn = ni.numel()
@@ -550,35 +533,26 @@ class JointCounts(Accumulator):
             ys = ids.index_select(2, ni).transpose(1, 2).roll(-1, dims=0)
             flat = ((torch.arange(cn, device=dev) * nb + xs)[:, :, None] * p
                     + torch.arange(p, device=dev)) * nb + ys
-            self._add(self.null[gi], flat)
+            add_ones(self.null[gi], flat)
         if self.cross.shape[0]:
             cr = self._on_device("cross", self.cross, dev)
             k = cr.shape[0]
             xk = xc.index_select(1, cr[:, 0])
             yk = ids[:, cr[:, 2], cr[:, 1]]
             flat = ((ht[:, None] * k + torch.arange(k, device=dev)) * nb + xk) * nb + yk
-            self._add(self.cross_counts[gi], flat)
+            add_ones(self.cross_counts[gi], flat)
 
     def _on_device(self, key: str, values: np.ndarray, device: torch.device) -> torch.Tensor:
         """``values`` as a tensor on ``device``, copied once per array rather than once per
-        group: each host-to-device copy from pageable memory synchronises the stream.
-        Keyed by the array's identity (a batch's ``half`` is one array for all groups;
-        groups of a batch are counted one after the other on accelerators)."""
+        group (:func:`~vitprobe.record.accumulator.host_to_device`: the host does not wait
+        for the device). Keyed by the array's identity (a batch's ``half`` is one array
+        for all groups; groups of a batch are counted one after the other on
+        accelerators)."""
         held = self._device_arrays.get(key)
         if held is None or held[0] is not values or held[1].device != device:
-            held = (values, torch.as_tensor(values, device=device))
+            held = (values, host_to_device(values, device))
             self._device_arrays[key] = held
         return held[1]
-
-    def _add(self, counts: torch.Tensor, flat: torch.Tensor) -> None:
-        """``counts.view(-1)[flat] += 1`` (repeated indices add up)."""
-        flat = flat.reshape(-1)
-        ones = self._ones.get(counts.dtype)
-        if ones is None or ones.numel() < flat.numel() or ones.device != counts.device:
-            # only reached from one thread at a time in practice (buffers are pre-sized in
-            # update); a fresh tensor per call is safe anyway
-            ones = torch.ones(flat.numel(), dtype=counts.dtype, device=counts.device)
-        counts.view(-1).index_add_(0, flat.to(counts.device), ones[: flat.numel()])
 
     # -- access ---------------------------------------------------------------------------
     def pair_counts(self, layer: int, sublayer: str, channel: int, position: int,

@@ -58,9 +58,12 @@ from vitprobe.stats.layout import Group, NeuronLayout
 
 __all__ = ["NeuronMoments", "combine_moments"]
 
-def batch_moments(x: torch.Tensor) -> Moments:
-    """Two-pass float64 moments of a (batch, ...) tensor along the batch axis."""
-    if x.device.type == "cpu":
+def batch_moments(x: torch.Tensor, *, torch_only: bool = False) -> Moments:
+    """Two-pass float64 moments of a (batch, ...) tensor along the batch axis.
+
+    CPU tensors go through numpy chunk by chunk (no float64 copy), unless
+    ``torch_only`` (the accelerator path, on any device)."""
+    if x.device.type == "cpu" and not torch_only:
         b = x.shape[0]
         out = batch_moments_numpy(as_float32_numpy(x).reshape(b, -1)) \
             if x.dtype != torch.float64 else batch_moments_numpy(x.numpy().reshape(b, -1))
@@ -159,7 +162,7 @@ class NeuronMoments(Accumulator):
             self._alloc(self.device or xs[0].device)
         assert self.device is not None
         xs = [x.to(device=self.device) for x in xs]
-        if self.device.type == "cpu":
+        if not self.uses_device_path(self.device):
             run_parallel(lambda gi: self._update_numpy(gi, xs[gi]), len(xs),
                          resolve_threads(self.threads))
             self.n += nb
@@ -169,7 +172,7 @@ class NeuronMoments(Accumulator):
         for gi, x in enumerate(xs):
             x = x.to(torch.float64)
             new = combine_moments((float(self.n), st[0][gi], st[1][gi], st[2][gi], st[3][gi]),
-                                  batch_moments(x))
+                                  batch_moments(x, torch_only=True))
             for k in range(4):
                 st[k][gi] = new[k + 1]
             torch.minimum(st[4][gi], x.amin(0), out=st[4][gi])
