@@ -473,18 +473,35 @@ class BowtieCounts(Accumulator):
 
     def _update_group_torch(self, gi: int, ids: torch.Tensor, fold: torch.Tensor) -> None:
         """Reference (and accelerator) path: gather every position pair's cell and add
-        one there (``fold``: (b,) int64 on the ids' device)."""
+        one there (``fold``: (b,) int64 on the ids' device). The pairs of one table
+        (same-channel pairs on the half table, the others on the full one) are gathered
+        together: a few large ops rather than a few small ones per pair, which on a GPU
+        are each a kernel launch the host pays for."""
         assert self.same is not None
         dev = ids.device
         b = self.bins
         size = self.n_slots * b * b
         k = self.n_pairs
-        for ki in range(k):
-            name = "half" if self.same[gi, ki] else "full"
+        for name, same in (("full", False), ("half", True)):
+            pairs = self._pairs_on_table(gi, same, dev)  # (k',) pair indices
+            if pairs.numel() == 0:
+                continue
             pp, qq, off = (self._table(name, j, dev) for j in range(3))
-            xi = ids[:, 2 * ki].long().index_select(1, pp)  # (b, T)
-            yi = ids[:, 2 * ki + 1].long().index_select(1, qq)
-            add_ones(self.counts[gi], (fold[:, None] * k + ki) * size + off + xi * b + yi)
+            xi = ids.index_select(1, 2 * pairs).index_select(2, pp).long()  # (b, k', T)
+            yi = ids.index_select(1, 2 * pairs + 1).index_select(2, qq).long()
+            pair_base = (fold[:, None] * k + pairs) * size  # (b, k')
+            add_ones(self.counts[gi], pair_base[:, :, None] + off + xi * b + yi)
+
+    def _pairs_on_table(self, gi: int, same: bool, device: torch.device) -> torch.Tensor:
+        """(k',) int64 indices of group ``gi``'s pairs counted on the half table
+        (``same``: one channel with itself) or on the full one, on ``device``."""
+        key = ("pairs", f"{gi}/{same}")
+        t = self._torch_tables.get(key)
+        if t is None or t.device != device:
+            assert self.same is not None
+            t = self._torch_tables[key] = torch.as_tensor(
+                np.flatnonzero(self.same[gi] == same), dtype=torch.int64, device=device)
+        return t
 
     def folded_counts(self, gi: int) -> np.ndarray:
         """(F, K, S, B, B) int64 counts of group ``gi`` as ordered position pairs:
