@@ -28,6 +28,8 @@ fixed costs (everything but the counting pass) as a share of the default run (is
         --random-init      # the same analyses' counting pass on another model
     python benchmarks/study_overhead.py --skip-run --model timm:vit_base_patch16_224 \
         --random-init --device cuda --dtype bfloat16 --batch 128   # by part, on a GPU
+    python benchmarks/study_overhead.py --skip-run --device-path --batch 8 --rounds 1 \
+        --repeats 1   # the accelerator path on the CPU: its torch calls and host waits
 
 On a GPU every part is timed after a ``torch.cuda.synchronize()``, so the parts show
 where the device's time goes (the runner itself does not synchronise between them).
@@ -79,6 +81,8 @@ def counting_pass(args) -> None:
             analysis.plan(model, context)
             accs |= {f"{name}/{file}": acc
                      for file, acc in analysis.accumulators(model, context, 0).items()}
+    for acc in accs.values():
+        acc.device_path_on_cpu = args.device_path
     sites = sorted({s for acc in accs.values() for s in acc.sites})
     t0 = time.perf_counter()
     batches = demo_batches(model, cfg, 2)  # one to calibrate, one to time
@@ -176,6 +180,27 @@ def counting_pass(args) -> None:
     print(f"decoding (one process) {decode_s * 1e3:7.1f} ms per image (the loader's workers, "
           "beside the forward)")
     print(f"first batch incl. calibration {calib_s:.1f} s")
+    if args.device_path or cuda:
+        host_work(model, recorder, accs, pixels, args)
+
+
+def host_work(model, recorder, accs, pixels, args) -> None:
+    """Per accumulator, the torch calls (each a kernel launch or a view, paid by the host
+    on an accelerator) and the host waits of one counting batch on the accelerator path
+    (:class:`vitprobe.record.HostWaits`)."""
+    from vitprobe.record import HostWaits
+
+    with recorder:
+        with torch.inference_mode(), autocast(args.device, args.dtype):
+            model.adapter.forward(pixels)
+        cache = recorder.pop()
+    cache[IMAGE_INDEX] = index = torch.arange(pixels.shape[0])  # host, as the runner's
+    print(f"accelerator path, one batch of {pixels.shape[0]}: torch calls and host waits")
+    for name, acc in accs.items():
+        with HostWaits(host=[index]) as waits:
+            acc.update(cache)
+        print(f"  {name:22s} {sum(waits.counts.values()):6,d} calls, "
+              f"{len(waits.calls)} waits{': ' + '; '.join(waits.calls[:3]) if waits.calls else ''}")
 
 
 def default_run(args) -> None:
@@ -266,13 +291,16 @@ def main() -> None:
                         help="--model with random weights (no hub here)")
     parser.add_argument("--device", default="cpu", help="the counting pass's device")
     parser.add_argument("--dtype", default="float32", help="the counting pass's dtype")
+    parser.add_argument("--device-path", action="store_true",
+                        help="the accelerator code path on CPU tensors, and its torch calls "
+                        "and host waits per batch (printed on CUDA anyway)")
     parser.add_argument("--skip-run", action="store_true", help="counting pass only")
     parser.add_argument("--only-run", action="store_true", help="the default run only")
     args = parser.parse_args()
     if (args.model or args.random_init or args.device != "cpu"
-            or args.dtype != "float32") and not args.skip_run:
-        parser.error("--model, --random-init, --device and --dtype time the counting pass "
-                     "only: add --skip-run")
+            or args.dtype != "float32" or args.device_path) and not args.skip_run:
+        parser.error("--model, --random-init, --device, --dtype and --device-path time the "
+                     "counting pass only: add --skip-run")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.only_run:

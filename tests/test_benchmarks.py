@@ -41,3 +41,18 @@ def test_study_against_the_plain_forward_on_written_jpegs():
     # the study does more than the forward over the same images
     assert study < ceiling
     assert re.search(r"passes 1, memory budget 4\.0 GB; peak host_rss [0-9.]+ GB", out)
+
+
+def test_counting_pass_on_the_accelerator_path_waits_for_nothing():
+    """The GPU session's second command, its accelerator path taken on the CPU: every
+    accumulator of the default study, a line each, no host waits."""
+    script = SCRIPT.parent / "study_overhead.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--skip-run", "--device-path", "--model",
+         "timm:vit_tiny_patch16_224", "--random-init", "--batch", "4", "--rounds", "1",
+         "--repeats", "1"], capture_output=True, text=True, env=env(threads=2), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = re.findall(r"^\s+(\S+/\S+)\s+([0-9,]+) calls, (\d+) waits", proc.stdout, re.M)
+    assert {name for name, _, _ in lines} == {"moments/moments", "moments/histograms",
+                                              "mi/mi", "bowtie/bowtie", "angles/angles"}
+    assert all(int(calls.replace(",", "")) > 0 and waits == "0" for _, calls, waits in lines)

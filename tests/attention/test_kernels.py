@@ -48,3 +48,4 @@ def test_exp32_within_float32_accuracy_and_underflows_to_zero():
     assert (np.abs(got[:-3] - exact) / exact).max() < 2.5e-7
     assert got[-3:].tolist() == [0.0, 0.0, 0.0]
     assert got[np.flatnonzero(x == 0)[0]] == 1.0
+

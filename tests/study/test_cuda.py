@@ -230,47 +230,6 @@ def test_auto_memory_budget_on_the_gpu_is_a_share_of_its_memory() -> None:
 
 # -- the counting pass on the device: the study's own accumulators --------------------------
 
-#: torch calls that make the host wait for the device (or copy from the host with a wait)
-_WAITING = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu",
-            "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select",
-            "bincount", "histc", "equal", "allclose", "is_nonzero", "repeat_interleave"}
-
-
-class _HostWaits(torch.overrides.TorchFunctionMode):
-    """Records the torch calls that would make the host wait for an accelerator: reading
-    values back (``item``, ``bool``, ``tolist``, ``cpu``...), ops whose output size
-    depends on the values (``nonzero``, ``bincount``, boolean indexing...) and blocking
-    copies from host arrays (``as_tensor(array, device=...)``). Host tensors by design
-    (the study's image indices) may be read. Thread-local: the device path runs the
-    groups of a batch on the calling thread."""
-
-    def __init__(self, host: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.host = host
-        self.calls: list[str] = []
-        self.seen: set[str] = set()  # every call's name: the work ran on this thread
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", str(func))
-        self.seen.add(name)
-        waits = name in _WAITING and not any(args and args[0] is t for t in self.host)
-        if name == "__getitem__" and len(args) > 1:
-            index = args[1] if isinstance(args[1], tuple) else (args[1],)
-            waits = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
-        if name in ("as_tensor", "tensor") and "device" in kwargs \
-                and not isinstance(args[0], torch.Tensor):
-            waits = True
-        if waits:
-            import traceback
-
-            frame = next(f for f in reversed(traceback.extract_stack()[:-1])
-                         if "/vitprobe/" in f.filename)
-            self.calls.append(f"{name} at {frame.filename.rsplit('src/', 1)[-1]}:"
-                              f"{frame.lineno} ({frame.name})")
-        return func(*args, **kwargs)
-
-
 def _study_accumulators(model, device: str, device_path: bool) -> dict:
     """The default study's image accumulators for ``model``, built by the analysis
     plug-ins as ``run_study`` builds them; ``device_path``: the accelerator code path."""
@@ -329,7 +288,9 @@ def _watched(device: str, host: list[torch.Tensor], waits: list[str], seen: set[
     """Collect the host waits of the block into ``waits`` and the names of all torch
     calls into ``seen``; on CUDA the driver's own check (``set_sync_debug_mode``)
     raises at any synchronisation besides."""
-    watch = _HostWaits(host)
+    from vitprobe.record import HostWaits
+
+    watch = HostWaits(host)
     if device.startswith("cuda"):
         torch.cuda.set_sync_debug_mode("error")
     try:
@@ -339,7 +300,7 @@ def _watched(device: str, host: list[torch.Tensor], waits: list[str], seen: set[
         if device.startswith("cuda"):
             torch.cuda.set_sync_debug_mode(0)
         waits += watch.calls
-        seen |= watch.seen
+        seen |= set(watch.counts)
 
 
 @pytest.mark.parametrize("device", DEVICES)
