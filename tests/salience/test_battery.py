@@ -247,3 +247,20 @@ def test_config_from_context_options():
     cfg = SalienceConfig.from_options({"salience_seeds": 8, "salience_jitters": [0.0, 0.5],
                                        "mi_bins": 16})
     assert cfg.seeds == 8 and cfg.jitters == (0.0, 0.5) and cfg.levels == 5
+
+
+@pytest.mark.slow
+def test_gallery_titles_say_when_attention_underflowed(result):
+    """A mode's attention relative to uniform is 0 when the softmax underflowed: the
+    gallery says so rather than printing a bare 'x0'."""
+    matplotlib.use("Agg")
+    from vitprobe.plots.salience import plot_eigen_gallery
+
+    ds = result[1]["salience"].copy(deep=True)
+    att = ds["eigen_attention"]
+    ds["eigen_attention"] = att.where(att.pair != "sym-", 0.0)
+    titles = [ax.get_title() for ax in plot_eigen_gallery(ds).axes if ax.get_title()]
+    sym_minus = [t for t in titles if t.startswith("sym-")]
+    assert sym_minus and all(t.endswith("attn x0 (underflow)") for t in sym_minus)
+    others = [t for t in titles if t.startswith("sym+")]
+    assert others and not any("underflow" in t for t in others)

@@ -197,7 +197,9 @@ def plot_eigen_gallery(ds: xr.Dataset, eigen_layer: int | None = None,
             pr = pair_of[sp]
             cos = sub["eigen_cosine"].sel(head=h, pair=pr).values
             att = float(sub["eigen_attention"].sel(head=h, pair=pr))
-            ax.set_title(f"{pr}: cos {cos[0]:.2f}/{cos[1]:.2f}\nattn x{att:.2g}", fontsize=7)
+            # 0: the softmax underflowed (the logit far below the query's others)
+            shown = f"x{att:.2g}" if att > 0 else "x0 (underflow)"
+            ax.set_title(f"{pr}: cos {cos[0]:.2f}/{cos[1]:.2f}\nattn {shown}", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
