@@ -94,7 +94,26 @@ def ranks(args) -> None:
 # -- forward mode ------------------------------------------------------------------------------
 def write_jpegs(folder: Path, n: int, seed: int = 0) -> tuple[int, float]:
     """``n`` JPEG files of ImageNet-val's typical size from the demo photos; returns
-    (files, mean kilobytes per file)."""
+    (files, mean kilobytes per file). Written by one process per core (about 11 ms a
+    file on one core: 45 s for 4096 files, device time on a lent GPU machine)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vitprobe.resources import available_cpus
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = max(1, min(available_cpus(), n // 64))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    jobs = [(folder, bounds[k], bounds[k + 1], seed) for k in range(parts)]
+    if parts == 1:
+        sizes = [_write_jpeg_range(*jobs[0])]
+    else:
+        with ProcessPoolExecutor(parts) as pool:
+            sizes = list(pool.map(_write_jpeg_range, *zip(*jobs, strict=True)))
+    return n, sum(sizes) / n / 1e3
+
+
+def _write_jpeg_range(folder: Path, first: int, stop: int, seed: int) -> int:
+    """Files ``first..stop-1`` (each from its own seeded generator); their total bytes."""
     import numpy as np
     from PIL import Image
 
@@ -102,10 +121,9 @@ def write_jpegs(folder: Path, n: int, seed: int = 0) -> tuple[int, float]:
     from vitprobe.data.demo import PHOTOS, photo_path
 
     photos = [decode_image(p) for p in (photo_path(name) for name in PHOTOS) if p]
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
     total = 0
-    for i in range(n):
+    for i in range(first, stop):
+        rng = np.random.default_rng([seed, i])
         photo = photos[i % len(photos)]
         w, h = (500, 375) if rng.random() < 0.75 else (375, 500)  # mostly landscape
         scale = rng.uniform(0.5, 1.0) * min(photo.width / w, photo.height / h)
@@ -116,7 +134,7 @@ def write_jpegs(folder: Path, n: int, seed: int = 0) -> tuple[int, float]:
         path = folder / f"{i:06d}.JPEG"
         crop.save(path, quality=90)
         total += path.stat().st_size
-    return n, total / n / 1e3
+    return total
 
 
 def forward_rates(args, images: str) -> tuple[float, float, str]:

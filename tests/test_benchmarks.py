@@ -56,3 +56,19 @@ def test_counting_pass_on_the_accelerator_path_waits_for_nothing():
     assert {name for name, _, _ in lines} == {"moments/moments", "moments/histograms",
                                               "mi/mi", "bowtie/bowtie", "angles/angles"}
     assert all(int(calls.replace(",", "")) > 0 and waits == "0" for _, calls, waits in lines)
+
+
+def test_gpu_session_script_names_what_exists():
+    """benchmarks/gpu_session.sh (the GPU session's one command) parses, and every test
+    file and script it runs exists, and its test files hold the GPU tests."""
+    script = SCRIPT.parent / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    root = SCRIPT.parents[1]
+    named = set(re.findall(r"(?:tests|benchmarks)/[\w/]+\.py", text))
+    assert {"benchmarks/scaling.py", "benchmarks/study_overhead.py"} <= named
+    for path in named:
+        assert (root / path).is_file(), path
+    marked = {str(p.relative_to(root)) for p in (root / "tests").rglob("test_*.py")
+              if "pytest.mark.gpu" in p.read_text() and p.name != "test_benchmarks.py"}
+    assert marked and marked <= named, marked - named
