@@ -52,3 +52,18 @@ def test_demo_options_are_checked():
         open_images("demo?photos=lena")
     with pytest.raises(ImageSourceError, match="only 128 are available"):
         open_images("demo", n_images=1000)
+
+
+def test_opening_the_demo_set_imports_neither_photo_package():
+    """The photos are found in their packages' folders without importing them
+    (sklearn.datasets alone took 2.7 s of every default run's start)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vitprobe.data import open_images; s = open_images('demo'); "
+            "assert len(s) == 128; print(sorted(m for m in ('sklearn', 'skimage') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
