@@ -172,6 +172,7 @@ class JointCounts(Accumulator):
 
     name = "neuron_mi"
     needs_calibration = True
+
     def __init__(self, layout: NeuronLayout, bins: int = 32, *,
                  groups: Iterable[Group] | None = None, channels: Sequence[int] | None = None,
                  calibration_images: int = 1024, split_half: bool = True,
