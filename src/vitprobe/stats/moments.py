@@ -167,16 +167,18 @@ class NeuronMoments(Accumulator):
                          resolve_threads(self.threads))
             self.n += nb
             return
+        # accelerator path: each group's batch moments (float64, two passes), then one
+        # combination for all groups at once: every op is a kernel launch the host pays
+        # for, and the combination is ~40 of them
         st = self._state
         assert st is not None
-        for gi, x in enumerate(xs):
-            x = x.to(torch.float64)
-            new = combine_moments((float(self.n), st[0][gi], st[1][gi], st[2][gi], st[3][gi]),
-                                  batch_moments(x, torch_only=True))
-            for k in range(4):
-                st[k][gi] = new[k + 1]
-            torch.minimum(st[4][gi], x.amin(0), out=st[4][gi])
-            torch.maximum(st[5][gi], x.amax(0), out=st[5][gi])
+        stats = [batch_moments(x.to(torch.float64), torch_only=True)[1:] for x in xs]
+        batch = (float(nb), *(torch.stack(column) for column in zip(*stats, strict=True)))
+        new = combine_moments((float(self.n), *st[:4]), batch)
+        for k in range(4):
+            st[k].copy_(new[k + 1])
+        torch.minimum(st[4], torch.stack([x.amin(0) for x in xs]), out=st[4])
+        torch.maximum(st[5], torch.stack([x.amax(0) for x in xs]), out=st[5])
         self.n += nb
 
     def _update_numpy(self, gi: int, x: torch.Tensor) -> None:
