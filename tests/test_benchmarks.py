@@ -37,7 +37,10 @@ def test_study_against_the_plain_forward_on_written_jpegs():
     assert ceiling > 0 and fed > 0 and study > 0
     # the printed ratios are the rates' own
     with_decoding = float(re.search(r"with decoding\s*:\s*([0-9.]+)", out).group(1))
-    assert with_decoding == pytest.approx(study / fed, rel=0.02)  # rates printed to 0.1
+    # the rates are printed to 0.1 images/s: on a busy machine (a few images/s) that
+    # rounding alone moves their quotient by percents
+    rounding = 0.05 / study + 0.05 / fed
+    assert with_decoding == pytest.approx(study / fed, rel=rounding + 0.002)
     # the study does more than the forward over the same images
     assert study < ceiling
     assert re.search(r"passes 1, memory budget 4\.0 GB; peak host_rss [0-9.]+ GB", out)
