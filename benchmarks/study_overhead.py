@@ -141,6 +141,10 @@ def counting_pass(args) -> None:
           f"batch {args.batch} of demo images; accumulators: "
           + ", ".join(f"{k} ({type(a).__name__})" for k, a in accs.items())
           + f"; {len(sites)} sites; one-pass calibration: {one_pass or 'none'}")
+    if args.rounds == 0:  # the accelerator path's host work only (--device-path)
+        if args.device_path or cuda:
+            host_work(model, recorder, accs, pixels, args)
+        return
     plain(), counting()  # warm-up (numba's first calls)
     # each round times plain and counting with the heap retained (as run_study runs)
     # and, side by side, without it (glibc's defaults: the recorded sites' pages are
@@ -281,7 +285,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="alternations per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds (0: none; with --device-path, the host work only)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--n-images", type=int, default=None, help="images of the run")
     parser.add_argument("--model", default=None,
