@@ -3,7 +3,7 @@
 # the GPU tests, the GPU figure (benchmarks/scaling.py, the study against the plain
 # forward with JPEG decoding) and the counting pass by part with its host work
 # (benchmarks/study_overhead.py). A session has 15 minutes of device time and 10 per
-# command: the steps are capped at 150 + 300 + 120 s, and each writes its log to $OUT.
+# command: the steps are capped at 200 + 270 + 100 s, and each writes its log to $OUT.
 #
 # That machine reaches no package index and its image lacks some of vitprobe's
 # dependencies, so they travel as wheels (about 12 MB):
@@ -12,6 +12,10 @@
 #   # then the device tool: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"],
 #   #                           timeout_s=600)
 #   bash benchmarks/gpu_session.sh --check      # here: the same steps, tiny, on the CPU
+#
+# Steps can be named (`bash benchmarks/gpu_session.sh tests parts`, then `figure` in a
+# second call while the machine is warm) when one call cannot hold all three: the GPU
+# tests run three small studies, one of them on the machine's CPU.
 #
 # vitprobe itself is used from src/ (PYTHONPATH), not installed.
 set -uo pipefail
@@ -31,7 +35,8 @@ if [[ ${1:-} == --fetch ]]; then
 fi
 
 check=0
-[[ ${1:-} == --check ]] && check=1
+[[ ${1:-} == --check ]] && { check=1; shift; }
+steps=" ${*:-tests figure parts} "
 OUT=${OUT:-$(mktemp -d -t vitprobe-gpu-XXXX)}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -46,6 +51,7 @@ failed=0
 step() {  # step NAME SECONDS COMMAND...: run it under a time cap, log to $OUT/NAME.log
     local name=$1 limit=$2
     shift 2
+    [[ $steps == *" $name "* ]] || return 0
     echo "== $name (at most ${limit} s): $*"
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     local rc=${PIPESTATUS[0]}
@@ -53,11 +59,11 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time cap, log to $OUT/N
 }
 
 if ((check)); then  # the plumbing on this CPU: same scripts, small sizes
-    step gpu-tests 300 python3 -m pytest -q -p no:cacheprovider -n 0 -m gpu \
+    step tests 300 python3 -m pytest -q -p no:cacheprovider -n 0 -m gpu \
         tests/study/test_cuda.py tests/stats/test_gpu.py tests/attention/test_accumulator.py
-    step scaling 300 python3 benchmarks/scaling.py --mode forward \
+    step figure 300 python3 benchmarks/scaling.py --mode forward \
         --model timm:vit_tiny_patch16_224 --n-images 16 --batch-size 8
-    step by-part 300 python3 benchmarks/study_overhead.py --skip-run \
+    step parts 300 python3 benchmarks/study_overhead.py --skip-run \
         --model timm:vit_tiny_patch16_224 --random-init --device-path --batch 4 --rounds 1 \
         --repeats 1
 else
@@ -65,12 +71,12 @@ else
     python3 -c "import torch, timm, transformers, xarray, netCDF4; print('torch', \
 torch.__version__, 'timm', timm.__version__, 'transformers', transformers.__version__)" \
         | tee -a "$OUT/gpu.txt"
-    step gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -n 0 -m gpu \
+    step tests 200 python3 -m pytest -q -p no:cacheprovider -n 0 -m gpu \
         tests/study/test_cuda.py tests/stats/test_gpu.py tests/attention/test_accumulator.py
-    step scaling 300 python3 benchmarks/scaling.py --device cuda \
+    step figure 270 python3 benchmarks/scaling.py --device cuda \
         --model timm:vit_base_patch16_224 --batch-size 128 --dtype bfloat16 \
         --n-images 4096 --mi-bins 32
-    step by-part 120 python3 benchmarks/study_overhead.py --skip-run \
+    step parts 100 python3 benchmarks/study_overhead.py --skip-run \
         --model timm:vit_base_patch16_224 --random-init --device cuda --dtype bfloat16 \
         --batch 128 --rounds 1
 fi
