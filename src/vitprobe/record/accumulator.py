@@ -41,7 +41,10 @@ Besides the protocol, this module holds what every accumulator (in
 :mod:`vitprobe.stats` and :mod:`vitprobe.attention`) and the study runner share:
 :func:`run_parallel` / :func:`resolve_threads` (groups or images of a batch on
 threads), :func:`nonfinite_rows` (the images of a batch that hold NaN or inf) and
-:func:`all_finite` (whether a whole cache is finite, with one device synchronisation).
+:func:`all_finite` (whether a whole cache is finite, with one device synchronisation),
+:func:`host_to_device` (host arrays to the device without waiting for it) and
+:attr:`Accumulator.device_path_on_cpu` (the accelerator code path on CPU tensors, for
+tests; :class:`vitprobe.record.HostWaits` finds the calls on it that would wait).
 Errors follow :mod:`vitprobe.errors`: :class:`~vitprobe.errors.NotCalibratedError`,
 :class:`~vitprobe.errors.AlreadyCalibratedError`,
 :class:`~vitprobe.errors.IncompatibleStateError` (merge and load), and so on.
