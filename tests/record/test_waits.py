@@ -62,3 +62,21 @@ def test_the_place_named_is_vitprobe_code() -> None:
     with HostWaits() as waits:
         pair_geometry(e, 1, 8, ("raw", "centered"), mean_token=mu, direct_centring=True)
     assert waits.calls == []
+
+
+def test_blocking_uploads_are_waits_and_non_blocking_ones_are_not() -> None:
+    """A host tensor copied to another device ("meta" stands in for a GPU here) without
+    non_blocking=True is a wait; with it, or to the host, it is not."""
+    with HostWaits() as waits:
+        X.to("meta")
+        X.to(torch.device("meta"), torch.float64)
+        X.to(device="meta")
+        X.to(torch.empty(0, device="meta"))
+    assert len(waits.calls) == 4, waits.calls
+    with HostWaits() as waits:
+        X.to("meta", non_blocking=True)
+        X.to("meta", torch.float64, True)
+        X.to("cpu")
+        X.to(torch.float64)
+        X.to("meta").to("meta")  # the first is a wait; a device tensor's copy is not
+    assert len(waits.calls) == 1, waits.calls

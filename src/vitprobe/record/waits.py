@@ -3,7 +3,8 @@
 On a GPU the host queues kernels and goes on; reading a value back (``.item()``,
 ``bool(t)``, ``.tolist()``, ``.cpu()``), an op whose output size depends on the values
 (``nonzero``, ``bincount``, ``unique``, boolean indexing) or a blocking copy from host
-memory (``torch.as_tensor(array, device=...)``) makes it wait until the device has
+memory (``torch.as_tensor(array, device=...)``, ``t.to("cuda")`` without
+``non_blocking=True``) makes it wait until the device has
 finished everything queued, and the device then idles until the host has queued more.
 An accumulator's ``update`` on the accelerator path should wait for nothing (the study
 runner's one wait per batch is its non-finite check, :func:`~vitprobe.record.all_finite`).
@@ -81,9 +82,32 @@ class HostWaits(TorchFunctionMode):
         if name == "__getitem__" and len(args) > 1:
             index = args[1] if isinstance(args[1], tuple) else (args[1],)
             return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+        if name in ("to", "cuda") and args and isinstance(args[0], torch.Tensor):
+            return _blocking_upload(name, args, kwargs)
         # a blocking copy from host memory (host_to_device copies without waiting)
         return name in ("as_tensor", "tensor") and "device" in kwargs \
             and bool(args) and not isinstance(args[0], torch.Tensor)
+
+
+def _blocking_upload(name: str, args: tuple, kwargs: dict) -> bool:
+    """Whether ``tensor.to(...)`` / ``tensor.cuda(...)`` copies a host tensor to another
+    device without ``non_blocking=True`` (the host then waits for the device's queue)."""
+    tensor, rest = args[0], args[1:]
+    if tensor.device.type != "cpu":
+        return False
+    if name == "cuda":
+        target: Any = "cuda"
+    else:
+        target = kwargs.get("device")
+        for a in rest:
+            if isinstance(a, (str, torch.device)):
+                target = a
+            elif isinstance(a, torch.Tensor):
+                target = a.device
+    if target is None or torch.device(target).type == "cpu":
+        return False
+    flags = [a for a in rest if isinstance(a, bool)]
+    return not kwargs.get("non_blocking", flags[0] if flags else False)
 
 
 def _place() -> str:
