@@ -59,7 +59,7 @@ from vitprobe.study.stream import autocast
 
 
 def counting_pass(args) -> None:
-    from vitprobe.analyses import Context, get_analysis
+    from vitprobe.analyses import Context, first_pass_accumulators
 
     cfg = StudyConfig(batch_size=args.batch, device=args.device, dtype=args.dtype,
                       **({"model": args.model} if args.model else {}))
@@ -74,13 +74,7 @@ def counting_pass(args) -> None:
     context = Context(n_images=cfg.n_images, calibration_images=cfg.calibration_images,
                       batch_size=cfg.batch_size, seed=cfg.seed,
                       memory_budget=cfg.memory_budget, options=cfg.analysis_options())
-    accs = {}
-    for name in cfg.analyses:
-        analysis = get_analysis(name)
-        if analysis.needs_images:
-            analysis.plan(model, context)
-            accs |= {f"{name}/{file}": acc
-                     for file, acc in analysis.accumulators(model, context, 0).items()}
+    accs = first_pass_accumulators(model, context, cfg.analyses)
     for acc in accs.values():
         acc.device_path_on_cpu = args.device_path
     sites = sorted({s for acc in accs.values() for s in acc.sites})

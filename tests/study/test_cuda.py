@@ -233,19 +233,13 @@ def test_auto_memory_budget_on_the_gpu_is_a_share_of_its_memory() -> None:
 def _study_accumulators(model, device: str, device_path: bool) -> dict:
     """The default study's image accumulators for ``model``, built by the analysis
     plug-ins as ``run_study`` builds them; ``device_path``: the accelerator code path."""
-    from vitprobe.analyses import Context, get_analysis
+    from vitprobe.analyses import Context, first_pass_accumulators
     from vitprobe.study.config import StudyConfig
 
     cfg = StudyConfig(mi_bins=8)
     context = Context(n_images=64, calibration_images=16, batch_size=8, device=device,
                       memory_budget=cfg.memory_budget, options=cfg.analysis_options())
-    accs = {}
-    for name in cfg.analyses:
-        analysis = get_analysis(name)
-        if analysis.needs_images:
-            analysis.plan(model, context)
-            accs |= {f"{name}/{file}": acc
-                     for file, acc in analysis.accumulators(model, context, 0).items()}
+    accs = first_pass_accumulators(model, context, cfg.analyses)
     for acc in accs.values():
         acc.device_path_on_cpu = device_path
     return accs

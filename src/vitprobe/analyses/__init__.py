@@ -12,12 +12,18 @@ imported on first use, so ``vitprobe --help`` stays light. Order is report order
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from vitprobe.analyses.base import Analysis, Context, FigureSpec, ReportSection
 from vitprobe.errors import VitprobeError
 
+if TYPE_CHECKING:
+    from vitprobe.models import ProbedViT
+    from vitprobe.record import Accumulator
+
 __all__ = ["REGISTRY", "Analysis", "Context", "FigureSpec", "ReportSection", "analysis_names",
-           "get_analysis", "register_analysis"]
+           "first_pass_accumulators", "get_analysis", "register_analysis"]
 
 #: name -> module holding ``ANALYSIS`` (an Analysis subclass), in report order
 REGISTRY: dict[str, str] = {
@@ -49,3 +55,19 @@ def get_analysis(name: str) -> Analysis:
         raise VitprobeError(f"unknown analysis {name!r}; choose from {', '.join(REGISTRY)}")
     cls = importlib.import_module(REGISTRY[name]).ANALYSIS
     return cls()
+
+
+def first_pass_accumulators(model: ProbedViT, context: Context,
+                            names: Iterable[str] | None = None) -> dict[str, Accumulator]:
+    """The accumulators of the first pass over the images, as a study builds them: each
+    named analysis that reads images (default: every registered one) planned for
+    ``model`` and ``context``, keyed ``<analysis>/<file>``. For driving the counting
+    yourself (benchmarks, tests): calibrate, ``end_calibration``, ``update``."""
+    accs: dict[str, Accumulator] = {}
+    for name in analysis_names() if names is None else names:
+        analysis = get_analysis(name)
+        if analysis.needs_images:
+            analysis.plan(model, context)
+            accs |= {f"{name}/{file}": acc
+                     for file, acc in analysis.accumulators(model, context, 0).items()}
+    return accs
