@@ -53,7 +53,7 @@ is one compiled loop over images, pairs and position offsets
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -275,8 +275,8 @@ class BowtieCounts(Accumulator):
         self.counts: list[torch.Tensor] = []  # (F, K, S * B * B) int32 per group
         #: (G, K) bool: pairs of one channel (counted on the half table)
         self.same: np.ndarray | None = None
-        #: host tables copied to the device once: position pairs, binning per group
-        self._torch_tables: dict[tuple[str, str], Any] = {}
+        #: host tables copied to the device once (:meth:`_device_tables`)
+        self._torch_tables: dict[str, tuple[torch.Tensor, ...]] = {}
 
     @property
     def n_pairs(self) -> int:
@@ -402,21 +402,30 @@ class BowtieCounts(Accumulator):
         z = torch.nan_to_num(z, nan=0.0)
         return z.to(torch.uint8).transpose(1, 2).contiguous()
 
+    def _device_tables(self, key: str, device: torch.device,
+                       build: Callable[[], tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
+        """The host arrays ``build()`` returns, on ``device``: copied once (until the next
+        calibration), not once per batch, since each copy from the host is a wait on a
+        GPU."""
+        held = self._torch_tables.get(key)
+        if held is None or held[0].device != device:
+            held = self._torch_tables[key] = tuple(
+                torch.as_tensor(a, device=device) for a in build())
+        return held
+
     def _binning_tables(self, gi: int, device: torch.device,
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Group ``gi``'s (2K,) channels, lower edges and bins per unit, on ``device``
-        (copied once, not once per batch: each copy from the host is a wait on a GPU)."""
-        key = ("binning", str(gi))
-        t = self._torch_tables.get(key)
-        if t is None or t[0].device != device:
+                        ) -> tuple[torch.Tensor, ...]:
+        """Group ``gi``'s (2K,) channels, lower edges and bins per unit, on ``device``."""
+
+        def build() -> tuple[np.ndarray, ...]:
             assert self.channel is not None and self.centre is not None
             assert self.half_range is not None
-            lo = self.centre[gi] - self.half_range[gi]
-            scale = np.float32(self.bins) / (np.float32(2) * self.half_range[gi])
-            t = self._torch_tables[key] = tuple(
-                torch.as_tensor(a.reshape(-1), device=device)
-                for a in (self.channel[gi], lo, scale.astype(np.float32)))
-        return t
+            half = self.half_range[gi]
+            scale = np.float32(self.bins) / (np.float32(2) * half)
+            return (self.channel[gi].reshape(-1), (self.centre[gi] - half).reshape(-1),
+                    scale.astype(np.float32).reshape(-1))
+
+        return self._device_tables(f"binning/{gi}", device, build)
 
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
@@ -464,13 +473,6 @@ class BowtieCounts(Accumulator):
             return
         self._update_group_torch(gi, ids, torch.as_tensor(fold))
 
-    def _table(self, name: str, part: int, device: torch.device) -> torch.Tensor:
-        t = self._torch_tables.get((name, str(part)))
-        if t is None or t.device != device:
-            t = self._torch_tables[(name, str(part))] = torch.as_tensor(
-                self._lists[name][part], device=device)
-        return t
-
     def _update_group_torch(self, gi: int, ids: torch.Tensor, fold: torch.Tensor) -> None:
         """Reference (and accelerator) path: gather every position pair's cell and add
         one there (``fold``: (b,) int64 on the ids' device). The pairs of one table
@@ -486,22 +488,23 @@ class BowtieCounts(Accumulator):
             pairs = self._pairs_on_table(gi, same, dev)  # (k',) pair indices
             if pairs.numel() == 0:
                 continue
-            pp, qq, off = (self._table(name, j, dev) for j in range(3))
+            pp, qq, off = self._position_pairs(name, dev)
             xi = ids.index_select(1, 2 * pairs).index_select(2, pp).long()  # (b, k', T)
             yi = ids.index_select(1, 2 * pairs + 1).index_select(2, qq).long()
             pair_base = (fold[:, None] * k + pairs) * size  # (b, k')
             add_ones(self.counts[gi], pair_base[:, :, None] + off + xi * b + yi)
 
+    def _position_pairs(self, name: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Table ``name``'s (T,) positions p and q of each pair and their cells' offsets."""
+        return self._device_tables(f"positions/{name}", device, lambda: self._lists[name])
+
     def _pairs_on_table(self, gi: int, same: bool, device: torch.device) -> torch.Tensor:
         """(k',) int64 indices of group ``gi``'s pairs counted on the half table
         (``same``: one channel with itself) or on the full one, on ``device``."""
-        key = ("pairs", f"{gi}/{same}")
-        t = self._torch_tables.get(key)
-        if t is None or t.device != device:
-            assert self.same is not None
-            t = self._torch_tables[key] = torch.as_tensor(
-                np.flatnonzero(self.same[gi] == same), dtype=torch.int64, device=device)
-        return t
+        assert self.same is not None
+        same_of_group = self.same[gi]
+        return self._device_tables(f"pairs-on/{gi}/{same}", device, lambda: (
+            np.flatnonzero(same_of_group == same).astype(np.int64),))[0]
 
     def folded_counts(self, gi: int) -> np.ndarray:
         """(F, K, S, B, B) int64 counts of group ``gi`` as ordered position pairs:

@@ -172,7 +172,7 @@ class NeuronMoments(Accumulator):
         # for, and the combination is ~40 of them
         st = self._state
         assert st is not None
-        stats = [batch_moments(x.to(torch.float64), torch_only=True)[1:] for x in xs]
+        stats = [batch_moments(x, torch_only=True)[1:] for x in xs]  # float64 inside
         batch = (float(nb), *(torch.stack(column) for column in zip(*stats, strict=True)))
         new = combine_moments((float(self.n), *st[:4]), batch)
         for k in range(4):
