@@ -15,16 +15,17 @@ from vitprobe import runfolder
 from vitprobe.errors import RunFolderError
 
 # Takes the folder's lock, forks a child that outlives it (as a loader worker outlives a
-# killed study for a few seconds), reports the child's pid, then waits for a signal.
+# killed study for a few seconds), then waits for a signal. The child reports its own pid:
+# os.fork returns in the child only after the at-fork hooks ran, so the test never looks at
+# the lock while a child that has not yet run (a loaded machine) still shares it.
 _HOLDER = textwrap.dedent("""
     import os, sys, time
     from vitprobe import runfolder
     with runfolder.lock(sys.argv[1]):
-        child = os.fork()
-        if child == 0:
+        if os.fork() == 0:
+            print(os.getpid(), flush=True)
             time.sleep(60)
             os._exit(0)
-        print(child, flush=True)
         time.sleep(60)
 """)
 
