@@ -467,7 +467,13 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() - t0 < 300
             time.sleep(0.02)
-        _fill(disk / "ballast")  # later checkpoints and the results no longer fit
+        # Paused while the disk fills: unpaused, the tiny run can finish (12 batches of a
+        # ViT-Ti) before 512 MB are written on a loaded machine.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            _fill(disk / "ballast")  # later checkpoints and the results no longer fit
+        finally:
+            proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 1, err
         assert "Traceback" not in err and "No space left" in err and "--resume" in err
