@@ -330,7 +330,15 @@ def test_counting_pass_device_path_equals_the_cpu_path(device: str) -> None:
         assert ref.keys() == got.keys(), key
         for name, value in ref.items():
             where = f"{key}: {name}"
-            if value.dtype.kind == "f":  # float sums: float32 work, reassociated
+            if key == "angles/angles" and name in ("count", "attn_hist"):
+                # the compiled kernel's float32 arccos (Cephes) and torch's differ by
+                # ~1e-7: a pair on an angle bin's edge may move to the neighbouring bin,
+                # with its attention; the totals stay
+                a, b = got[name].astype(np.float64), value.astype(np.float64)
+                np.testing.assert_allclose(a.sum(-1), b.sum(-1), rtol=1e-6, err_msg=where)
+                moved = np.abs(np.cumsum(a - b, -1)).max(-1)
+                assert np.all(moved <= 1e-3 * b.sum(-1) + 1e-6), where
+            elif value.dtype.kind == "f":  # float sums: float32 work, reassociated
                 # (the moments are float64 on both paths)
                 rtol = 1e-10 if key == "moments/moments" else 1e-5
                 np.testing.assert_allclose(got[name], value, rtol=rtol,

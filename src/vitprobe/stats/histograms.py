@@ -123,6 +123,9 @@ class NeuronHistograms(Accumulator):
         self.hist: torch.Tensor | None = None  # (G, C, nb + 2) int64
         self.hist_centre: torch.Tensor | None = None
         self.hist_neuron: torch.Tensor | None = None  # (G, P, C, nb + 2)
+        # the binning's folded scale and offset, per calibration: on the host, on the device
+        self._np_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._device_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -187,6 +190,7 @@ class NeuronHistograms(Accumulator):
         dev = self.device or mu.device
         self.device = dev
         self._np_cache = None
+        self._device_cache = None
         self.mu = mu.to(dev, torch.float32).contiguous()
         self.inv_sigma = inv_sigma.to(dev, torch.float32).contiguous()
         g, p, c, k = len(self.groups), self.layout.n_positions, self.layout.d_model, self.n_bins + 2
@@ -197,12 +201,23 @@ class NeuronHistograms(Accumulator):
 
     # -- streaming ------------------------------------------------------------------------
     def _bins(self, x: torch.Tensor, gi: int) -> torch.Tensor:
-        """(b, P, C) -> int64 bin ids in [0, n_bins + 1]."""
-        assert self.mu is not None and self.inv_sigma is not None
-        z = (x.float() - self.mu[gi]) * self.inv_sigma[gi]
-        z.mul_(self.n_bins / (2 * self.z_range)).add_(self.n_bins / 2)
-        z.clamp_(-1.0, float(self.n_bins)).floor_()
-        return z.to(torch.int64).add_(1)
+        """(b, P, C) -> int64 bin ids in [0, n_bins + 1]: the CPU kernel's arithmetic
+        (``z = x a + c0`` with its float32 tables, each operation rounded, NaN in the
+        underflow bin), so that both paths put every value in the same bin."""
+        a, c0 = self._device_tables(x.device)
+        z = x.float().reshape(x.shape[0], -1).mul(a[gi]).add_(c0[gi])
+        z = torch.nan_to_num_(z, nan=0.0).clamp_(0.0, float(self.n_bins + 1))
+        return z.to(torch.int64).reshape(x.shape)  # truncation: the floor of z >= 0
+
+    def _device_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_numpy_tables`' scale and offset on ``device``, copied once per
+        calibration (a copy from the host is a wait on a GPU)."""
+        held = self._device_cache
+        if held is None or held[0].device != device:
+            a, c0, _ = self._numpy_tables()
+            held = self._device_cache = (torch.as_tensor(a, device=device),
+                                         torch.as_tensor(c0, device=device))
+        return held
 
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
@@ -239,7 +254,7 @@ class NeuronHistograms(Accumulator):
 
     def _numpy_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-neuron scale ``a``, offset ``c0`` (G, P*C) and channel offsets (P*C,)."""
-        if getattr(self, "_np_cache", None) is None:
+        if self._np_cache is None:
             assert self.mu is not None and self.inv_sigma is not None
             k = self.n_bins + 2
             p, c = self.layout.n_positions, self.layout.d_model
