@@ -256,12 +256,16 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
         assert first.poll() is None, first.stderr.read()
         assert time.monotonic() - t0 < 120
         time.sleep(0.05)
+    # paused, the first run holds the folder for as long as the second takes to start
+    # (a stopped process keeps its lock); unpaused, it could finish first on a loaded machine
+    first.send_signal(signal.SIGSTOP)
     second = subprocess.run(
         vitprobe_cmd("run", "--model", "timm:vit_tiny_patch16_224", "--random-init",
                      "--control", "none", "--images", "stimuli:gratings", "--n-images", "8",
                      "--analyses", "moments", "--workers", "0", "--out", str(out),
                      "--no-report", "--seed", "1"),
         env=env(), capture_output=True, text=True)
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 1 and "in use by another vitprobe run" in second.stderr
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=120)
