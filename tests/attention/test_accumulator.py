@@ -252,3 +252,32 @@ def test_nonfinite_inputs_are_refused_with_the_site(vit, site):
     with pytest.raises(VitprobeError, match=rf"blocks\.1\.{site}.*image\(s\) \[2\]"):
         acc.update(cache)
     assert acc.n_images == 0 and not acc.sums()["count"].any()  # nothing half-added
+
+
+def test_accelerator_path_stacks_layers_in_steps_without_changing_the_sums(monkeypatch):
+    """The accelerator path (here on CPU tensors) stacks layers along the batch, as many
+    per step as ``step_bytes`` allows: one layer per step, two then one, all three at
+    once, each equal to the CPU reference's layer-by-layer sums."""
+    import timm
+
+    import vitprobe
+
+    torch.manual_seed(0)
+    model = vitprobe.models.wrap(timm.create_model("vit_tiny_patch16_224", pretrained=False,
+                                                   img_size=64, depth=3).eval(), spec="t3")
+    caches = record(model, zoo.pixels(model, 5, seed=13), AngleAccumulator.from_model(model).sites)
+    monkeypatch.setenv("VITPROBE_JIT", "0")
+    ref = stream(AngleAccumulator.from_model(model), caches).sums()
+    probe = AngleAccumulator.from_model(model)
+    per_layer = 2 * model.n_tokens**2 * (4 * (3 * model.n_heads + 3 * 2) + 8 * 2)
+    for step_bytes, steps in ((1, 1), (2 * per_layer, 2), (2**40, 3)):
+        probe.step_bytes = step_bytes
+        assert probe.layers_per_step(2) == steps
+        acc = AngleAccumulator.from_model(model)
+        acc.device_path_on_cpu = True
+        acc.step_bytes = step_bytes
+        got = stream(acc, caches).sums()
+        np.testing.assert_array_equal(got["count"], ref["count"])
+        for k in SUM_KEYS:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-6,
+                                       atol=1e-6 * np.abs(ref[k]).max(), err_msg=k)

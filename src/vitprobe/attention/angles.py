@@ -218,6 +218,10 @@ class AngleAccumulator(Accumulator):
         #: images per step of a thread on the compiled CPU path (bounds scratch memory:
         #: about 3.4 MB per image for DINOv2-S/14)
         self.chunk_images = 8
+        #: bytes of per-step temporaries on the accelerator path, which stacks as many
+        #: layers along the batch as fit (:meth:`layers_per_step`): fewer, larger kernels,
+        #: so that the host queueing them keeps up with the device
+        self.step_bytes = 2 * 2**30
         self._scratch = Scratch()
         self._thread_scratch: list[Scratch] = []
         self._reset(self.device or torch.device("cpu"))
@@ -397,33 +401,41 @@ class AngleAccumulator(Accumulator):
                                   f"got {tuple(e.shape)} (input size differs from the model's?)")
         return e
 
-    def _attention(self, cache: Mapping[str, Any], layer: int, n_batch: int,
+    def _attention(self, cache: Mapping[str, Any], layers: Sequence[int], n_batch: int,
                    device: torch.device, rows: slice, scratch: Scratch,
                    ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        """(scores, pattern, scores_writable) of one layer's images ``rows``, recorded or
-        formed from q, k (pattern None: the compiled sums take the softmax themselves)."""
+        """(scores, pattern, scores_writable) of the images ``rows`` of ``layers``
+        (stacked along the batch, layer after layer), recorded or formed from q, k
+        (pattern None: the compiled sums take the softmax themselves)."""
         shape = (n_batch, self.n_heads, self.n_tokens, self.n_tokens)
-        scores, pattern = (cache.get(site_name(layer, k)) for k in ("attn.scores",
-                                                                     "attn.pattern"))
-        if scores is not None and pattern is not None:
-            if tuple(scores.shape) != shape or tuple(pattern.shape) != shape:
-                raise InputShapeError(f"layer {layer}: attention of shape "
-                                      f"{tuple(scores.shape)}, expected {shape}")
+        recorded = [tuple(cache.get(site_name(layer, k)) for k in ("attn.scores",
+                                                                    "attn.pattern"))
+                    for layer in layers]
+        if all(s is not None and a is not None for s, a in recorded):
+            for layer, (s, a) in zip(layers, recorded, strict=True):
+                if tuple(s.shape) != shape or tuple(a.shape) != shape:
+                    raise InputShapeError(f"layer {layer}: attention of shape "
+                                          f"{tuple(s.shape)}, expected {shape}")
             dt = self.compute_dtype
-            return scores[rows].to(device), pattern[rows].to(device=device, dtype=dt), False
-        q, k = (cache.get(site_name(layer, kind)) for kind in ("attn.q", "attn.k"))
-        if q is None or k is None:
-            raise MissingSiteError(f"recorded batch has neither attn.q/attn.k nor "
-                                   f"attn.scores/attn.pattern of layer {layer}; "
-                                   f"record {list(self.sites[:3])}")
+            return (_stacked([s[rows] for s, _ in recorded]).to(device),
+                    _stacked([a[rows] for _, a in recorded]).to(device=device, dtype=dt), False)
+        qs, ks = [], []
+        for layer in layers:
+            q, k = (cache.get(site_name(layer, kind)) for kind in ("attn.q", "attn.k"))
+            if q is None or k is None:
+                raise MissingSiteError(f"recorded batch has neither attn.q/attn.k nor "
+                                       f"attn.scores/attn.pattern of layer {layer}; "
+                                       f"record {list(self.sites[:3])}")
+            if tuple(q.shape[:3]) != shape[:3] or tuple(k.shape[:3]) != shape[:3]:
+                raise InputShapeError(f"layer {layer}: queries of shape {tuple(q.shape)}, "
+                                      f"expected {shape[:3]} + (d_head,)")
+            qs.append(q[rows])
+            ks.append(k[rows])
         if self.attn_scale is None:
             raise ConfigurationError("attn_scale is needed to form attention from q and k "
                                      "(use AngleAccumulator.from_model)")
-        if tuple(q.shape[:3]) != shape[:3] or tuple(k.shape[:3]) != shape[:3]:
-            raise InputShapeError(f"layer {layer}: queries of shape {tuple(q.shape)}, "
-                                  f"expected {shape[:3]} + (d_head,)")
-        s, a = attention_from_qk(q[rows].to(device), k[rows].to(device), self.attn_scale,
-                                 self.compute_dtype, scratch,
+        s, a = attention_from_qk(_stacked(qs).to(device), _stacked(ks).to(device),
+                                 self.attn_scale, self.compute_dtype, scratch,
                                  softmax=not self._compiled(device))
         return s, a, True
 
@@ -444,11 +456,26 @@ class AngleAccumulator(Accumulator):
         if self._compiled(self.device):
             self._update_compiled(cache, n_batch)
         else:
-            for li, layer in enumerate(self.layers):
-                sums = self._layer(cache, li, layer, n_batch, slice(None), self._scratch)
+            # the accelerator path stacks layers; the CPU reference takes one at a time
+            step = self.layers_per_step(n_batch) if self.uses_device_path(self.device) else 1
+            for first in range(0, len(self.layers), step):
+                lis = range(first, min(first + step, len(self.layers)))
+                sums = self._layers(cache, lis, n_batch, self._scratch)
                 for k, v in self._state.items():
-                    v[li] += getattr(sums, k)
+                    v[first : first + len(lis)] += getattr(sums, k)
         self.n_images += n_batch
+
+    def layers_per_step(self, n_batch: int) -> int:
+        """Layers stacked along the batch in one step of the accelerator path: as many as
+        keep its temporaries (logits, attention, cosines, angles, bins) within
+        :attr:`step_bytes`, spread evenly over the steps."""
+        t2 = self.n_tokens**2
+        v = len(self.variants)
+        size = torch.finfo(self.compute_dtype).bits // 8
+        per_layer = n_batch * t2 * (size * (3 * self.n_heads + 3 * v) + 8 * v)
+        most = max(1, min(len(self.layers), self.step_bytes // max(per_layer, 1)))
+        n_steps = -(-len(self.layers) // most)
+        return -(-len(self.layers) // n_steps)
 
     def _check_finite(self, cache: Mapping[str, Any], layer: int) -> None:
         """Refuse NaN or inf in the sites a layer reads (angles and bins of non-finite
@@ -471,16 +498,36 @@ class AngleAccumulator(Accumulator):
         dev = self.device
         assert dev is not None
         e = self._embeddings(cache, layer)[rows]
-        scores, pattern, writable = self._attention(cache, layer, n_batch, dev, rows, scratch)
+        scores, pattern, writable = self._attention(cache, [layer], n_batch, dev, rows, scratch)
         mu = self.mean_token[li] if self.mean_token is not None else None
+        geometry = pair_geometry(e.to(device=dev, dtype=self.compute_dtype), self.start,
+                                 self.bins, self.variants, mean_token=mu, scratch=scratch,
+                                 cosines_only=self._compiled(dev))
+        return layer_sums(geometry, scores, pattern, self.start, self.bins,
+                          scores_writable=writable, scratch=scratch, threads=threads)
+
+    def _layers(self, cache: Mapping[str, Any], lis: range, n_batch: int,
+                scratch: Scratch) -> LayerSums:
+        """Sums of the followed layers ``lis`` (indices into :attr:`layers`) over the
+        batch, with a leading layer axis: the layers' images stacked along the batch
+        (torch path; one layer at a time this is the CPU reference)."""
+        dev = self.device
+        assert dev is not None
+        layers = [self.layers[li] for li in lis]
+        e = _stacked([self._embeddings(cache, layer) for layer in layers])
+        scores, pattern, writable = self._attention(cache, layers, n_batch, dev, slice(None),
+                                                    scratch)
+        mu = None
+        if self.mean_token is not None:  # one mean token per stacked image
+            mu = self.mean_token[lis.start : lis.stop, None].expand(
+                len(lis), n_batch, self.d_model).reshape(-1, self.d_model)
         # the accelerator path centres the Gram directly: choosing the rank-two
         # correction from the batch's values would make the host wait for the device
         geometry = pair_geometry(e.to(device=dev, dtype=self.compute_dtype), self.start,
                                  self.bins, self.variants, mean_token=mu, scratch=scratch,
-                                 cosines_only=self._compiled(dev),
                                  direct_centring=True if self.uses_device_path(dev) else None)
         return layer_sums(geometry, scores, pattern, self.start, self.bins,
-                          scores_writable=writable, scratch=scratch, threads=threads)
+                          scores_writable=writable, scratch=scratch, groups=len(layers))
 
     def _compiled(self, device: torch.device) -> bool:
         """Whether batches on ``device`` go through the compiled CPU kernel."""
@@ -530,3 +577,8 @@ class AngleAccumulator(Accumulator):
             raise InsufficientDataError("no images accumulated")
         mean = None if self.mean_token is None else self.mean_token.cpu().numpy()
         return angles_dataset(self.sums(), self.config(), self.n_images, mean_token=mean)
+
+
+def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tensors concatenated along the batch (the one tensor itself: no copy)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))

@@ -147,7 +147,8 @@ def pair_geometry(
         start: first selected token (the number of prefix tokens, or 0).
         n_bins: equal-width angle bins over [0, 180] degrees (90 is an edge when even).
         variants: ``("raw",)``, ``("centered",)`` or ``("raw", "centered")``.
-        mean_token: (d,) the dataset mean token, needed for ``centered``.
+        mean_token: (d,) the dataset mean token, needed for ``centered``; or (B, d), one
+            per image (images of several layers stacked along the batch).
         scratch: buffers to reuse (the result lives in them until the next call).
         cosines_only: stop after the cosines (not yet clamped to [-1, 1], excluded
             pairs not zeroed; ``theta`` and ``joint_bin`` are None): the compiled
@@ -170,10 +171,15 @@ def pair_geometry(
     if "centered" in variants:
         out = cos[V - 1]
         mu = mean_token.to(e.dtype)
-        a, m = e @ mu, mu @ mu
+        if mu.dim() == 1:
+            a, m = e @ mu, mu @ mu
+        else:  # one mean token per image: (B, d)
+            a = torch.bmm(e, mu[:, :, None]).squeeze(-1)
+            m = (mu * mu).sum(-1, keepdim=True)
+            mu = mu[:, None, :]
         sq_c = (sq - 2 * a + m).clamp_min(0)
         if direct_centring is None:
-            direct_centring = float(m) > _DIRECT_CENTRING_ABOVE * float(sq_c.mean())
+            direct_centring = float(m.mean()) > _DIRECT_CENTRING_ABOVE * float(sq_c.mean())
         if direct_centring:
             d = e - mu  # its norms from d itself: sq_c lost digits to the cancellation
             _gram(d * _inv_norm((d * d).sum(-1))[..., None], out)
@@ -288,6 +294,7 @@ def layer_sums(
     scores_writable: bool = False,
     scratch: Scratch | None = None,
     threads: int | None = None,
+    groups: int | None = None,
 ) -> LayerSums:
     """Accumulate one layer of one batch.
 
@@ -301,6 +308,10 @@ def layer_sums(
             turned into the centred logits in place).
         scratch: buffers to reuse (else the centred logits need a new (B, H, T, T)).
         threads: CPU threads over the images of the batch (default torch's count).
+        groups: the batch holds ``groups`` layers' images one after the other (equal
+            numbers): every sum gets a leading (groups,) axis, one per layer. The
+            accelerator path stacks layers this way, so that the host queues one set of
+            kernels for several layers (torch path only).
 
     Given cosines only (``pair_geometry(..., cosines_only=True)``, CPU) one compiled
     pass over each image does all of it, angles included
@@ -314,13 +325,21 @@ def layer_sums(
     cancel catastrophically.
     """
     if geometry.theta is None:
-        if scores.device.type != "cpu":
+        if scores.device.type != "cpu" or groups is not None:
             raise ConfigurationError(
-                "pair_geometry(..., cosines_only=True) is for CPU tensors only")
+                "pair_geometry(..., cosines_only=True) is for single layers of CPU tensors")
         return _layer_sums_compiled(geometry, scores, pattern, start, n_bins, threads)
     if pattern is None:
         pattern = scores.softmax(-1)
     B, H, T, _ = scores.shape
+    G = 1 if groups is None else int(groups)
+    if G < 1 or B % G:
+        raise ConfigurationError(f"a batch of {B} images does not split into {G} groups")
+
+    def per_group(x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Sum over the images of each group: ``dim`` (the batch axis) becomes groups."""
+        return x.unflatten(dim, (G, B // G)).sum(dim + 1)
+
     scratch = scratch or Scratch()
     V = geometry.cos.shape[0]
     dtype = geometry.cos.dtype
@@ -337,14 +356,14 @@ def layer_sums(
     ones = torch.ones((), dtype=torch.int64, device=dev).expand(B, T * T)
     counts = scratch.get("counts", (B, n_joint), torch.int64, dev).zero_()
     counts.scatter_add_(1, geometry.joint_bin, ones)  # exact integers
-    attn_hist = _marginals(hist.sum(0).to(f64), n_bins, V)  # (V, H, K); B terms per bin
-    count = _marginals(counts.sum(0), n_bins, V)
+    attn_hist = _marginals(per_group(hist, 0).to(f64), n_bins, V)  # (V, G, H, K)
+    count = _marginals(per_group(counts, 0), n_bins, V)  # (V, G, K)
 
     # (B, T^2, V) views of the variant-major angles: column-major per image, which BLAS
     # reads in place (no copy)
     theta = geometry.theta.view(V, B, T * T)
     cos = geometry.cos.view(V, B, T * T)
-    sum_attn_theta = torch.bmm(a_flat, theta.permute(1, 2, 0)).sum(0, dtype=f64).T  # (V, H)
+    sum_attn_theta = per_group(torch.bmm(a_flat, theta.permute(1, 2, 0)).to(f64), 0)  # (G, H, V)
 
     # per-query mean logit over its keys (diagonal excluded): the softmax-invariant offset
     s = scores if scores.dtype == dtype else scores.to(dtype)
@@ -355,37 +374,40 @@ def layer_sums(
         dev = torch.sub(s, r[..., None], out=scratch.get("dev", tuple(s.shape), dtype,
                                                           s.device))
     _zero_excluded(dev, start)
-    sum_dev2 = _sq_sum(dev, dim=3, keep=1)  # (H,)
+    # float32 norms along the short rows, float64 across rows and images
+    sum_dev2 = per_group(torch.linalg.vector_norm(dev, dim=3).to(f64).square(), 0).sum(-1)
     dev_flat = dev.view(B, H, T * T)
-    sum_dev_cos = torch.bmm(dev_flat, cos.permute(1, 2, 0)).sum(0, dtype=f64).T  # (V, H)
-    r_sel = r[:, :, start:].to(f64)
-    rowcos = geometry.cos[:, :, start:].sum(3).to(f64)  # (V, B, T - start)
+    sum_dev_cos = per_group(torch.bmm(dev_flat, cos.permute(1, 2, 0)).to(f64), 0)  # (G, H, V)
+    r_sel = r[:, :, start:].to(f64).unflatten(0, (G, B // G))  # (G, B / G, H, T - start)
+    rowcos = geometry.cos[:, :, start:].sum(3).to(f64).unflatten(1, (G, B // G))
     deg = 180.0 / math.pi
-    # sum_j (s_ij - r_i) = 0, so sum s^2 = sum dev^2 + K sum r^2, sum s = K sum r, and
-    # sum s cos = sum dev cos + sum_i r_i sum_j cos_ij
-    return LayerSums(
+    r_rowcos = torch.einsum("gbhi,vgbi->gvh", r_sel, rowcos)
+    sums = LayerSums(  # variant-major (V, G, ...) or (G, H, V) here; (G, V, ...) below
         count=count,
-        sum_theta=theta.sum(2).sum(1, dtype=f64) * deg,
-        sum_theta2=_sq_sum(theta, dim=2, keep=0) * deg**2,
-        sum_cos=cos.sum(2).sum(1, dtype=f64),
-        sum_cos2=_sq_sum(cos, dim=2, keep=0),
-        sum_rowcos2=rowcos.square().sum((1, 2)),
+        sum_theta=per_group(theta.sum(2).to(f64), 1) * deg,
+        sum_theta2=per_group(torch.linalg.vector_norm(theta, dim=2).to(f64).square(), 1)
+        * deg**2,
+        sum_cos=per_group(cos.sum(2).to(f64), 1),
+        sum_cos2=per_group(torch.linalg.vector_norm(cos, dim=2).to(f64).square(), 1),
+        sum_rowcos2=rowcos.square().sum((2, 3)),
         attn_hist=attn_hist,
-        sum_attn_theta=sum_attn_theta * deg,
-        sum_logit=n_keys * r_sel.sum((0, 2)),
-        sum_logit2=sum_dev2 + n_keys * r_sel.square().sum((0, 2)),
+        sum_attn_theta=sum_attn_theta.transpose(1, 2) * deg,
+        # sum_j (s_ij - r_i) = 0, so sum s^2 = sum dev^2 + K sum r^2, sum s = K sum r,
+        # and sum s cos = sum dev cos + sum_i r_i sum_j cos_ij
+        sum_logit=n_keys * r_sel.sum((1, 3)),
+        sum_logit2=sum_dev2 + n_keys * r_sel.square().sum((1, 3)),
         sum_dev2=sum_dev2,
-        sum_logit_cos=sum_dev_cos + torch.einsum("bhi,vbi->vh", r_sel, rowcos),
-        sum_dev_cos=sum_dev_cos,
+        sum_logit_cos=sum_dev_cos.transpose(1, 2) + r_rowcos,
+        sum_dev_cos=sum_dev_cos.transpose(1, 2),
     )
+    for name in ("count", "sum_theta", "sum_theta2", "sum_cos", "sum_cos2", "sum_rowcos2",
+                 "attn_hist"):  # variant-major -> group-major
+        setattr(sums, name, getattr(sums, name).movedim(1, 0))
+    if groups is None:  # one layer: no group axis
+        for name, value in vars(sums).items():
+            setattr(sums, name, value[0])
+    return sums
 
-
-
-def _sq_sum(x: torch.Tensor, dim: int, keep: int) -> torch.Tensor:
-    """Sum of squares: float32 norms along ``dim`` (cascade sums over short rows), then
-    float64 over every other dim except ``keep``."""
-    n2 = torch.linalg.vector_norm(x, dim=dim).to(torch.float64).square()
-    return n2.sum([d for d in range(n2.dim()) if d != keep])
 
 
 def compiled(device: torch.device, dtype: torch.dtype) -> bool:
