@@ -256,7 +256,7 @@ def test_nonfinite_inputs_are_refused_with_the_site(vit, site):
 
 def test_accelerator_path_stacks_layers_in_steps_without_changing_the_sums(monkeypatch):
     """The accelerator path (here on CPU tensors) stacks layers along the batch, as many
-    per step as ``step_bytes`` allows: one layer per step, two then one, all three at
+    per step as ``device_step_bytes`` allows: one layer per step, two then one, all three at
     once, each equal to the CPU reference's layer-by-layer sums."""
     import timm
 
@@ -271,11 +271,11 @@ def test_accelerator_path_stacks_layers_in_steps_without_changing_the_sums(monke
     probe = AngleAccumulator.from_model(model)
     per_layer = 2 * model.n_tokens**2 * (4 * (3 * model.n_heads + 3 * 2) + 8 * 2)
     for step_bytes, steps in ((1, 1), (2 * per_layer, 2), (2**40, 3)):
-        probe.step_bytes = step_bytes
+        probe.device_step_bytes = step_bytes
         assert probe.layers_per_step(2) == steps
         acc = AngleAccumulator.from_model(model)
         acc.device_path_on_cpu = True
-        acc.step_bytes = step_bytes
+        acc.device_step_bytes = step_bytes
         got = stream(acc, caches).sums()
         np.testing.assert_array_equal(got["count"], ref["count"])
         for k in SUM_KEYS:

@@ -161,17 +161,20 @@ def test_histograms_numpy_and_torch_paths_agree(small_layout) -> None:
                                   d2.histogram.values)
 
 
-@pytest.mark.parametrize("jit", ["1", "0"])
-def test_histogram_paths_bin_values_on_the_edges_alike(small_layout, monkeypatch, jit) -> None:
+@pytest.mark.parametrize(("jit", "step_bytes"), [("1", 2**40), ("0", 2**40), ("1", 1)])
+def test_histogram_paths_bin_values_on_the_edges_alike(small_layout, monkeypatch, jit,
+                                                       step_bytes) -> None:
     """Every activation within a few float32 steps of a bin edge (and NaN, which counts
     as underflow) lands in the same bin on the CPU path (compiled kernel or its numpy
-    reference) and on the accelerator path (torch ops, here on CPU tensors)."""
+    reference) and on the accelerator path (torch ops, here on CPU tensors; all groups
+    stacked in one step, or one group per step)."""
     monkeypatch.setenv("VITPROBE_JIT", jit)
     stream = PlantedStream(small_layout, seed=5)
     calib, data = stream.batch(64), stream.batch(24)
     cpu = NeuronHistograms(small_layout, n_bins=30, z_range=4.0)
     dev = NeuronHistograms(small_layout, n_bins=30, z_range=4.0)
     dev.device_path_on_cpu = True
+    dev.device_step_bytes = step_bytes
     for h in (cpu, dev):
         h.calibrate(calib)
         h.end_calibration()

@@ -218,10 +218,6 @@ class AngleAccumulator(Accumulator):
         #: images per step of a thread on the compiled CPU path (bounds scratch memory:
         #: about 3.4 MB per image for DINOv2-S/14)
         self.chunk_images = 8
-        #: bytes of per-step temporaries on the accelerator path, which stacks as many
-        #: layers along the batch as fit (:meth:`layers_per_step`): fewer, larger kernels,
-        #: so that the host queueing them keeps up with the device
-        self.step_bytes = 2 * 2**30
         self._scratch = Scratch()
         self._thread_scratch: list[Scratch] = []
         self._reset(self.device or torch.device("cpu"))
@@ -468,14 +464,12 @@ class AngleAccumulator(Accumulator):
     def layers_per_step(self, n_batch: int) -> int:
         """Layers stacked along the batch in one step of the accelerator path: as many as
         keep its temporaries (logits, attention, cosines, angles, bins) within
-        :attr:`step_bytes`, spread evenly over the steps."""
+        :attr:`device_step_bytes`, spread evenly over the steps."""
         t2 = self.n_tokens**2
         v = len(self.variants)
         size = torch.finfo(self.compute_dtype).bits // 8
         per_layer = n_batch * t2 * (size * (3 * self.n_heads + 3 * v) + 8 * v)
-        most = max(1, min(len(self.layers), self.step_bytes // max(per_layer, 1)))
-        n_steps = -(-len(self.layers) // most)
-        return -(-len(self.layers) // n_steps)
+        return self.items_per_step(len(self.layers), per_layer)
 
     def _check_finite(self, cache: Mapping[str, Any], layer: int) -> None:
         """Refuse NaN or inf in the sites a layer reads (angles and bins of non-finite

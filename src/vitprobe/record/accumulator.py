@@ -84,14 +84,27 @@ class Accumulator(ABC):
     #: whether the images given to :meth:`calibrate` are counted too (by the end of
     #: :meth:`end_calibration`), so that they must not be passed to :meth:`update` again
     counts_calibration: bool = False
-    #: run the accelerator code path (torch ops only, groups one after the other, no
-    #: host synchronisation) on CPU tensors too: how the tests check it, against the CPU
-    #: path and for waits on the device, on machines without a GPU
+    #: run the accelerator code path (torch ops only, no host synchronisation) on CPU
+    #: tensors too: how the tests check it, against the CPU path and for waits on the
+    #: device, on machines without a GPU
     device_path_on_cpu: bool = False
+    #: bytes of per-step temporaries on the accelerator path: accumulators that can stack
+    #: layers or groups into one set of kernels take as many per step as fit, so that the
+    #: host queueing the kernels keeps up with the device (each call costs the host
+    #: microseconds, whatever the size of the tensors)
+    device_step_bytes: int = 2 * 2**30
 
     def uses_device_path(self, device: torch.device | str) -> bool:
         """Whether tensors on ``device`` take the accelerator code path."""
         return torch.device(device).type != "cpu" or self.device_path_on_cpu
+
+    def items_per_step(self, n_items: int, bytes_per_item: int) -> int:
+        """How many of ``n_items`` (layers, groups) one step of the accelerator path
+        stacks: as many as keep ``bytes_per_item`` each within :attr:`device_step_bytes`
+        (at least one), spread evenly over the steps."""
+        most = max(1, min(n_items, self.device_step_bytes // max(bytes_per_item, 1)))
+        n_steps = -(-n_items // most)
+        return -(-n_items // n_steps)
 
     def calibrate(self, cache: Mapping[str, Any]) -> None:  # pragma: no cover - optional
         """Consume one batch of the calibration pass.

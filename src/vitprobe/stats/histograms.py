@@ -200,12 +200,14 @@ class NeuronHistograms(Accumulator):
             self.hist_neuron = torch.zeros((g, p, c, k), dtype=torch.int64, device=dev)
 
     # -- streaming ------------------------------------------------------------------------
-    def _bins(self, x: torch.Tensor, gi: int) -> torch.Tensor:
-        """(b, P, C) -> int64 bin ids in [0, n_bins + 1]: the CPU kernel's arithmetic
-        (``z = x a + c0`` with its float32 tables, each operation rounded, NaN in the
-        underflow bin), so that both paths put every value in the same bin."""
+    def _bins(self, x: torch.Tensor, groups: slice) -> torch.Tensor:
+        """(n, b, P, C) activations of the groups ``groups`` -> int64 bin ids in
+        [0, n_bins + 1]: the CPU kernel's arithmetic (``z = x a + c0`` with its float32
+        tables, each operation rounded, NaN in the underflow bin), so that both paths put
+        every value in the same bin."""
         a, c0 = self._device_tables(x.device)
-        z = x.float().reshape(x.shape[0], -1).mul(a[gi]).add_(c0[gi])
+        n, b = x.shape[:2]
+        z = x.float().reshape(n, b, -1).mul(a[groups, None]).add_(c0[groups, None])
         z = torch.nan_to_num_(z, nan=0.0).clamp_(0.0, float(self.n_bins + 1))
         return z.to(torch.int64).reshape(x.shape)  # truncation: the floor of z >= 0
 
@@ -240,16 +242,22 @@ class NeuronHistograms(Accumulator):
             return
         # accelerator path: each value's cell in the (C, k) counts of its group, added
         # with index_add_ (bincount would make the host wait for the device twice per
-        # call, to size its output)
-        off = torch.arange(c, device=self.device) * k
-        for gi, x in enumerate(xs):
-            cell = self._bins(x, gi).add_(off)  # (b, P, C)
-            add_ones(self.hist[gi], cell)
-            add_ones(self.hist_centre[gi], cell[:, cp])
+        # call, to size its output); groups stacked, as many per step as fit
+        p = self.layout.n_positions
+        dev = self.device
+        step = self.items_per_step(len(xs), 24 * nb * p * c)  # input, z, ids, cells
+        channel = torch.arange(c, device=dev) * k
+        position = torch.arange(p, device=dev)[:, None] * (c * k)
+        for g0 in range(0, len(xs), step):
+            part = slice(g0, min(g0 + step, len(xs)))
+            ids = self._bins(torch.stack(xs[part]), part)  # (n, b, P, C)
+            group = torch.arange(ids.shape[0], device=dev)[:, None, None, None]
+            cell = ids + (group * (c * k) + channel)
+            add_ones(self.hist[part], cell)
+            add_ones(self.hist_centre[part], cell[:, :, cp])
             if self.hist_neuron is not None:
-                cell += torch.arange(self.layout.n_positions, device=self.device)[:, None] \
-                    * (c * k)
-                add_ones(self.hist_neuron[gi], cell)
+                add_ones(self.hist_neuron[part], ids + (group * (p * c * k) + position
+                                                        + channel))
         self.n += nb
 
     def _numpy_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
