@@ -146,3 +146,25 @@ def test_released_heap_hands_large_blocks_back_inside_a_retained_heap():
     assert out["retained"] < 200
     assert out["released"][0] is True and out["released"][1] > pages // 2
     assert out["back"] < 200
+
+
+def test_device_step_bytes_grow_with_the_gpu():
+    from vitprobe.resources import DEVICE_STEP_SHARE, STEP_BYTES, device_step_bytes
+
+    assert device_step_bytes("cpu") == STEP_BYTES == 2 * 2**30
+    assert device_step_bytes("cuda:0", gpu_total=16 * 2**30) == STEP_BYTES  # the least
+    h200 = 150_000_000_000
+    assert device_step_bytes("cuda", gpu_total=h200) == int(DEVICE_STEP_SHARE * h200)
+
+
+def test_items_per_step_spreads_the_items_evenly():
+    from vitprobe.attention import AngleAccumulator
+
+    acc = AngleAccumulator(12, 12, 1, 197, 768)
+    assert acc.device_step_bytes is None  # by the device: 2 GiB on a CPU
+    per_layer = 128 * 197**2 * (4 * (3 * 12 + 3 * 2) + 8 * 2)  # ViT-B/16 at batch 128
+    assert acc.layers_per_step(128) == 2 == acc.items_per_step(12, per_layer, "cpu")
+    acc.device_step_bytes = 5 * per_layer  # five fit: three steps of four, not 5 + 5 + 2
+    assert acc.items_per_step(12, per_layer, "cpu") == 4
+    acc.device_step_bytes = 1
+    assert acc.items_per_step(12, per_layer, "cpu") == 1

@@ -469,7 +469,8 @@ class AngleAccumulator(Accumulator):
         v = len(self.variants)
         size = torch.finfo(self.compute_dtype).bits // 8
         per_layer = n_batch * t2 * (size * (3 * self.n_heads + 3 * v) + 8 * v)
-        return self.items_per_step(len(self.layers), per_layer)
+        return self.items_per_step(len(self.layers), per_layer,
+                                   self.device or torch.device("cpu"))
 
     def _check_finite(self, cache: Mapping[str, Any], layer: int) -> None:
         """Refuse NaN or inf in the sites a layer reads (angles and bins of non-finite

@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 from vitprobe.errors import IncompatibleStateError
+from vitprobe.resources import device_step_bytes
 
 __all__ = ["Accumulator", "all_finite", "host_to_device", "nonfinite_rows", "resolve_threads",
            "run_parallel", "torch_threads"]
@@ -91,18 +92,23 @@ class Accumulator(ABC):
     #: bytes of per-step temporaries on the accelerator path: accumulators that can stack
     #: layers or groups into one set of kernels take as many per step as fit, so that the
     #: host queueing the kernels keeps up with the device (each call costs the host
-    #: microseconds, whatever the size of the tensors)
-    device_step_bytes: int = 2 * 2**30
+    #: microseconds, whatever the size of the tensors); None: by the device
+    #: (:func:`vitprobe.resources.device_step_bytes`)
+    device_step_bytes: int | None = None
 
     def uses_device_path(self, device: torch.device | str) -> bool:
         """Whether tensors on ``device`` take the accelerator code path."""
         return torch.device(device).type != "cpu" or self.device_path_on_cpu
 
-    def items_per_step(self, n_items: int, bytes_per_item: int) -> int:
-        """How many of ``n_items`` (layers, groups) one step of the accelerator path
-        stacks: as many as keep ``bytes_per_item`` each within :attr:`device_step_bytes`
-        (at least one), spread evenly over the steps."""
-        most = max(1, min(n_items, self.device_step_bytes // max(bytes_per_item, 1)))
+    def items_per_step(self, n_items: int, bytes_per_item: int,
+                       device: torch.device | str) -> int:
+        """How many of ``n_items`` (layers, groups) one step of the accelerator path on
+        ``device`` stacks: as many as keep ``bytes_per_item`` each within
+        :attr:`device_step_bytes` (at least one), spread evenly over the steps."""
+        budget = self.device_step_bytes
+        if budget is None:
+            budget = device_step_bytes(str(torch.device(device)))
+        most = max(1, min(n_items, budget // max(bytes_per_item, 1)))
         n_steps = -(-n_items // most)
         return -(-n_items // n_steps)
 

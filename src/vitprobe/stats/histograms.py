@@ -245,7 +245,7 @@ class NeuronHistograms(Accumulator):
         # call, to size its output); groups stacked, as many per step as fit
         p = self.layout.n_positions
         dev = self.device
-        step = self.items_per_step(len(xs), 24 * nb * p * c)  # input, z, ids, cells
+        step = self.items_per_step(len(xs), 24 * nb * p * c, dev)  # input, z, ids, cells
         channel = torch.arange(c, device=dev) * k
         position = torch.arange(p, device=dev)[:, None] * (c * k)
         for g0 in range(0, len(xs), step):
