@@ -66,11 +66,18 @@ def brute_force(acc: BowtieCounts, batches: list[dict], gi: int, pair: int, dist
     return out
 
 
-@pytest.mark.parametrize("jit", ["1", "0"])
-def test_counts_equal_brute_force(jit: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("jit", "device_path", "step_bytes"),
+                         [("1", False, None), ("0", False, None), ("1", True, None),
+                          ("1", True, 1)])
+def test_counts_equal_brute_force(jit: str, device_path: bool, step_bytes: int | None,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled kernel, the torch reference and the accelerator path (on CPU
+    tensors; all groups in one step, or one group per step) against enumeration."""
     monkeypatch.setenv("VITPROBE_JIT", jit)
     lay = NeuronLayout(n_layers=2, d_model=7, grid=(4, 5), n_prefix=1)
     acc = calibrated(lay, pooled_distances=(0, 1, 2, 4), bins=9)
+    acc.device_path_on_cpu = device_path
+    acc.device_step_bytes = step_bytes
     assert acc.pair_kind == ["highest", "median", "lowest", "random", "random", "cross",
                              "cross"]
     gen = torch.Generator().manual_seed(3)

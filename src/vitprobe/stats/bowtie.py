@@ -385,22 +385,26 @@ class BowtieCounts(Accumulator):
         dev = self.device or torch.device("cpu")
         self.device = dev
         size = self.n_slots * self.bins * self.bins
-        self.counts = [torch.zeros((self.folds, k, size), dtype=torch.int32, device=dev)
-                       for _ in range(g)]
+        # one tensor, so that the accelerator path counts several groups with one add;
+        # per group a view of it
+        self._counts_all = torch.zeros((g, self.folds, k, size), dtype=torch.int32, device=dev)
+        self.counts = list(self._counts_all.unbind(0))
         self._torch_tables = {}
         self.n = 0
 
     # -- streaming ------------------------------------------------------------------------
-    def _bin_ids(self, gi: int, x: torch.Tensor) -> torch.Tensor:
-        """(b, 2K, P) uint8 bin ids of every pair's x and y channel at every position."""
+    def _bin_ids(self, groups: slice, x: torch.Tensor) -> torch.Tensor:
+        """(b, n, 2K, P) uint8 bin ids of every pair's x and y channel at every position,
+        for the n groups ``groups`` whose (n, b, P, C) activations ``x`` holds."""
         assert self.channel is not None and self.centre is not None
         assert self.half_range is not None
-        ch, lo_t, sc_t = self._binning_tables(gi, x.device)
-        v = x.index_select(2, ch).float()  # (b, P, 2K)
+        ch, lo_t, sc_t = self._binning_tables(groups, x.device)  # (n, 1, 1, 2K)
+        n, b, p, _ = x.shape
+        v = torch.gather(x, 3, ch.expand(n, b, p, ch.shape[-1])).float()  # (n, b, P, 2K)
         z = ((v - lo_t) * sc_t).floor_().clamp_(0, self.bins - 1)
         # NaN (never reaches here in a study, which drops non-finite images) -> bin 0
         z = torch.nan_to_num(z, nan=0.0)
-        return z.to(torch.uint8).transpose(1, 2).contiguous()
+        return z.to(torch.uint8).permute(1, 0, 3, 2).contiguous()
 
     def _device_tables(self, key: str, device: torch.device,
                        build: Callable[[], tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
@@ -413,19 +417,22 @@ class BowtieCounts(Accumulator):
                 torch.as_tensor(a, device=device) for a in build())
         return held
 
-    def _binning_tables(self, gi: int, device: torch.device,
+    def _binning_tables(self, groups: slice, device: torch.device,
                         ) -> tuple[torch.Tensor, ...]:
-        """Group ``gi``'s (2K,) channels, lower edges and bins per unit, on ``device``."""
+        """The (n, 1, 1, 2K) channels, lower edges and bins per unit of the n groups
+        ``groups``, on ``device``."""
 
         def build() -> tuple[np.ndarray, ...]:
             assert self.channel is not None and self.centre is not None
             assert self.half_range is not None
-            half = self.half_range[gi]
+            half = self.half_range[groups]
             scale = np.float32(self.bins) / (np.float32(2) * half)
-            return (self.channel[gi].reshape(-1), (self.centre[gi] - half).reshape(-1),
-                    scale.astype(np.float32).reshape(-1))
+            shape = (len(half), 1, 1, -1)
+            return (self.channel[groups].reshape(shape),
+                    (self.centre[groups] - half).reshape(shape),
+                    scale.astype(np.float32).reshape(shape))
 
-        return self._device_tables(f"binning/{gi}", device, build)
+        return self._device_tables(f"binning/{groups.start}/{groups.stop}", device, build)
 
     def update(self, cache: Mapping[str, Any]) -> None:
         if not self.calibrated:
@@ -457,54 +464,71 @@ class BowtieCounts(Accumulator):
                          resolve_threads(self.threads))
         else:
             fold_t = host_to_device(fold, dev)  # once per batch, for every group
-            for gi, x in enumerate(xs):
-                self._update_group_torch(gi, self._bin_ids(gi, x.to(dev)), fold_t)
+            k2, p, c = 2 * self.n_pairs, self.layout.n_positions, self.layout.d_model
+            n_cells = sum(len(lst[0]) for lst in self._lists.values())
+            step = self.items_per_step(  # stacked input, values, ids; cells of the pairs
+                len(xs), nb * (4 * p * c + 9 * p * k2 + 16 * k2 * n_cells), dev)
+            for g0 in range(0, len(xs), step):
+                part = slice(g0, min(g0 + step, len(xs)))
+                x = torch.stack([x.to(dev) for x in xs[part]])
+                self._update_groups_torch(part, self._bin_ids(part, x), fold_t)
         self.n += nb
 
     def _update_group(self, gi: int, x: torch.Tensor, fold: np.ndarray) -> None:
         """CPU path: the compiled kernel, or the torch path (``VITPROBE_JIT=0``)."""
-        x = x.to(self.device)
-        ids = self._bin_ids(gi, x)
+        part = slice(gi, gi + 1)
+        ids = self._bin_ids(part, x.to(self.device)[None])
         assert self.same is not None
         if jit_enabled():
-            bowtie_update(ids.numpy(), fold, self.same[gi], self._offsets["full"],
+            bowtie_update(ids[:, 0].numpy(), fold, self.same[gi], self._offsets["full"],
                           self._offsets["half"], self.layout.grid[1], *self._central,
                           self.layout.centre_position, self.bins, self.counts[gi].numpy())
             return
-        self._update_group_torch(gi, ids, torch.as_tensor(fold))
+        self._update_groups_torch(part, ids, torch.as_tensor(fold))
 
-    def _update_group_torch(self, gi: int, ids: torch.Tensor, fold: torch.Tensor) -> None:
+    def _update_groups_torch(self, groups: slice, ids: torch.Tensor, fold: torch.Tensor,
+                             ) -> None:
         """Reference (and accelerator) path: gather every position pair's cell and add
-        one there (``fold``: (b,) int64 on the ids' device). The pairs of one table
-        (same-channel pairs on the half table, the others on the full one) are gathered
-        together: a few large ops rather than a few small ones per pair, which on a GPU
-        are each a kernel launch the host pays for."""
-        assert self.same is not None
+        one there. ``ids``: (b, n, 2K, P) of the n groups ``groups``; ``fold``: (b,)
+        int64 on the ids' device. The pairs of one table (same-channel pairs on the half
+        table, the others on the full one) of every group are gathered together: a few
+        large ops rather than a few small ones per pair and group, which on a GPU are
+        each a kernel launch the host pays for."""
         dev = ids.device
         b = self.bins
         size = self.n_slots * b * b
         k = self.n_pairs
+        rows_of_images = ids.reshape(ids.shape[0], -1, ids.shape[-1])  # (b, n 2K, P)
         for name, same in (("full", False), ("half", True)):
-            pairs = self._pairs_on_table(gi, same, dev)  # (k',) pair indices
-            if pairs.numel() == 0:
+            rows, group, pair = self._pairs_on_table(groups, same, dev)  # (m,) each
+            if rows.numel() == 0:
                 continue
             pp, qq, off = self._position_pairs(name, dev)
-            xi = ids.index_select(1, 2 * pairs).index_select(2, pp).long()  # (b, k', T)
-            yi = ids.index_select(1, 2 * pairs + 1).index_select(2, qq).long()
-            pair_base = (fold[:, None] * k + pairs) * size  # (b, k')
-            add_ones(self.counts[gi], pair_base[:, :, None] + off + xi * b + yi)
+            xi = rows_of_images.index_select(1, rows).index_select(2, pp).long()  # (b, m, T)
+            yi = rows_of_images.index_select(1, rows + 1).index_select(2, qq).long()
+            pair_base = ((group * self.folds + fold[:, None]) * k + pair) * size  # (b, m)
+            add_ones(self._counts_all, pair_base[:, :, None] + off + xi * b + yi)
 
     def _position_pairs(self, name: str, device: torch.device) -> tuple[torch.Tensor, ...]:
         """Table ``name``'s (T,) positions p and q of each pair and their cells' offsets."""
         return self._device_tables(f"positions/{name}", device, lambda: self._lists[name])
 
-    def _pairs_on_table(self, gi: int, same: bool, device: torch.device) -> torch.Tensor:
-        """(k',) int64 indices of group ``gi``'s pairs counted on the half table
-        (``same``: one channel with itself) or on the full one, on ``device``."""
+    def _pairs_on_table(self, groups: slice, same: bool, device: torch.device,
+                        ) -> tuple[torch.Tensor, ...]:
+        """The pairs of the groups ``groups`` counted on the half table (``same``: one
+        channel with itself) or on the full one, on ``device``: (m,) int64 rows of their
+        x channel among the groups' 2K rows each, their groups and their pair indices."""
         assert self.same is not None
-        same_of_group = self.same[gi]
-        return self._device_tables(f"pairs-on/{gi}/{same}", device, lambda: (
-            np.flatnonzero(same_of_group == same).astype(np.int64),))[0]
+        same_of_groups = self.same[groups]  # (n, K)
+
+        def build() -> tuple[np.ndarray, ...]:
+            local, pair = np.nonzero(same_of_groups == same)
+            rows = local * 2 * self.n_pairs + 2 * pair
+            return (rows.astype(np.int64), (local + groups.start).astype(np.int64),
+                    pair.astype(np.int64))
+
+        return self._device_tables(f"pairs-on/{groups.start}/{groups.stop}/{same}", device,
+                                   build)
 
     def folded_counts(self, gi: int) -> np.ndarray:
         """(F, K, S, B, B) int64 counts of group ``gi`` as ordered position pairs:
