@@ -1,7 +1,8 @@
 """AngleAccumulator counting its own calibration images (one forward pass, not two).
 
-``calibrate(batches) + end_calibration()`` with ``counts_calibration=True`` must give,
-bit for bit, the state of ``calibrate(batches) + end_calibration() + update(batches)``.
+``calibrate(batches) + end_calibration()`` with ``counts_calibration=True`` must give
+the state of ``calibrate(batches) + end_calibration() + update(batches)`` (counts bit for
+bit, float sums to float32 rounding: see ``_equal``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,17 @@ def _without_attention(caches):
 
 
 def _equal(a: dict, b: dict) -> None:
+    """Counts bit for bit; float sums to 1e-7. On a loaded machine the compiled path's
+    float sums of the same images have differed by ~2e-9 relative between two
+    accumulators in one process (1 run in 6 under three busy processes; never idle):
+    float32 rounding of the logits, whose BLAS calls run on the threads the path spreads
+    images over. Not pinned down further."""
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        if np.asarray(a[key]).dtype.kind == "f":
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-7, atol=0, err_msg=key)
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 @pytest.mark.parametrize("jit", ["1", "0"])
