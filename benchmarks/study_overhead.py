@@ -30,6 +30,8 @@ fixed costs (everything but the counting pass) as a share of the default run (is
         --random-init --device cuda --dtype bfloat16 --batch 128   # by part, on a GPU
     python benchmarks/study_overhead.py --skip-run --device-path --batch 8 --rounds 1 \
         --repeats 1   # the accelerator path on the CPU: its torch calls and host waits
+    python benchmarks/study_overhead.py --skip-run --device-path --rounds 0 \
+        --model timm:vit_base_patch16_224 --tiny-tensors   # the host's time per batch
 
 On a GPU every part is timed after a ``torch.cuda.synchronize()``, so the parts show
 where the device's time goes (the runner itself does not synchronise between them).
@@ -63,7 +65,11 @@ def counting_pass(args) -> None:
 
     cfg = StudyConfig(batch_size=args.batch, device=args.device, dtype=args.dtype,
                       **({"model": args.model} if args.model else {}))
-    model = vitprobe.load_model(cfg.model, pretrained=not args.random_init, device=args.device)
+    if args.tiny_tensors:
+        model = tiny_tensors(cfg.model).to(args.device)
+    else:
+        model = vitprobe.load_model(cfg.model, pretrained=not args.random_init,
+                                    device=args.device)
     cuda = args.device.startswith("cuda")
 
     def sync() -> None:
@@ -182,10 +188,26 @@ def counting_pass(args) -> None:
         host_work(model, recorder, accs, pixels, args)
 
 
+def tiny_tensors(spec: str):
+    """A random-init timm ViT of ``spec``'s structure (layers, heads) with tiny tensors:
+    width 4 per head, 64-pixel input (16 patches). Its accelerator path costs the host
+    what the full model's does (the calls), without the arithmetic."""
+    import timm
+
+    from vitprobe.models import wrap
+
+    name = spec.removeprefix("timm:")
+    heads = timm.create_model(name, pretrained=False).blocks[0].attn.num_heads
+    torch.manual_seed(0)
+    net = timm.create_model(name, pretrained=False, img_size=64, embed_dim=4 * heads)
+    return wrap(net.eval(), spec=f"{spec} (tiny tensors)")
+
+
 def host_work(model, recorder, accs, pixels, args) -> None:
     """Per accumulator, the torch calls (each a kernel launch or a view, paid by the host
     on an accelerator) and the host waits of one counting batch on the accelerator path
-    (:class:`vitprobe.record.HostWaits`)."""
+    (:class:`vitprobe.record.HostWaits`), and the time of its ``update`` outside the
+    watch (median of 5; with ``--tiny-tensors`` about the host's time alone)."""
     from vitprobe.record import HostWaits
 
     with recorder:
@@ -194,11 +216,22 @@ def host_work(model, recorder, accs, pixels, args) -> None:
         cache = recorder.pop()
     cache[IMAGE_INDEX] = index = torch.arange(pixels.shape[0])  # host, as the runner's
     print(f"accelerator path, one batch of {pixels.shape[0]}: torch calls and host waits")
+    total = 0.0
     for name, acc in accs.items():
         with HostWaits(host=[index]) as waits:
             acc.update(cache)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            acc.update(cache)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        total += statistics.median(times)
         print(f"  {name:22s} {sum(waits.counts.values()):6,d} calls, "
-              f"{len(waits.calls)} waits{': ' + '; '.join(waits.calls[:3]) if waits.calls else ''}")
+              f"{len(waits.calls)} waits, {statistics.median(times) * 1e3:7.1f} ms"
+              f"{': ' + '; '.join(waits.calls[:3]) if waits.calls else ''}")
+    print(f"  {'all':22s} {total * 1e3:27.1f} ms per batch")
 
 
 def default_run(args) -> None:
@@ -293,10 +326,13 @@ def main() -> None:
     parser.add_argument("--device-path", action="store_true",
                         help="the accelerator code path on CPU tensors, and its torch calls "
                         "and host waits per batch (printed on CUDA anyway)")
+    parser.add_argument("--tiny-tensors", action="store_true",
+                        help="--model's structure with tiny tensors (timm only): with "
+                        "--device-path, the host's time per batch without the arithmetic")
     parser.add_argument("--skip-run", action="store_true", help="counting pass only")
     parser.add_argument("--only-run", action="store_true", help="the default run only")
     args = parser.parse_args()
-    if (args.model or args.random_init or args.device != "cpu"
+    if (args.model or args.random_init or args.device != "cpu" or args.tiny_tensors
             or args.dtype != "float32" or args.device_path) and not args.skip_run:
         parser.error("--model, --random-init, --device, --dtype and --device-path time the "
                      "counting pass only: add --skip-run")

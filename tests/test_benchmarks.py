@@ -61,6 +61,26 @@ def test_counting_pass_on_the_accelerator_path_waits_for_nothing():
     assert all(int(calls.replace(",", "")) > 0 and waits == "0" for _, calls, waits in lines)
 
 
+def test_host_time_per_batch_with_tiny_tensors():
+    """ViT-B/16's structure with tiny tensors: the accelerator path's calls and the host's
+    milliseconds per accumulator, and their total; the stacked accumulators (histograms,
+    bowtie, angles) make a few hundred calls, not thousands."""
+    script = SCRIPT.parent / "study_overhead.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--skip-run", "--device-path", "--rounds", "0",
+         "--model", "timm:vit_base_patch16_224", "--tiny-tensors", "--batch", "4"],
+        capture_output=True, text=True, env=env(threads=2), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = re.findall(r"^\s+(\S+/\S+)\s+([0-9,]+) calls, 0 waits,\s+([0-9.]+) ms",
+                      proc.stdout, re.M)
+    calls = {name: int(n.replace(",", "")) for name, n, _ in rows}
+    assert len(calls) == 5 and all(float(ms) > 0 for _, _, ms in rows)
+    assert max(calls["moments/histograms"], calls["bowtie/bowtie"],
+               calls["angles/angles"]) < 600
+    total = float(re.search(r"^\s+all\s+([0-9.]+) ms per batch", proc.stdout, re.M).group(1))
+    assert total == pytest.approx(sum(float(ms) for _, _, ms in rows), abs=0.1 * len(rows))
+
+
 def test_gpu_session_script_names_what_exists():
     """benchmarks/gpu_session.sh (the GPU session's one command) parses, and every test
     file and script it runs exists, and its test files hold the GPU tests."""
