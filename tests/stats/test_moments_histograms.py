@@ -195,3 +195,21 @@ def test_histogram_paths_bin_values_on_the_edges_alike(small_layout, monkeypatch
         h.update(data)
     for name, value in cpu.state_dict().items():
         np.testing.assert_array_equal(dev.state_dict()[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("step_bytes", [None, 1])
+def test_moments_accelerator_path_equals_the_cpu_path(small_layout, step_bytes) -> None:
+    """The accelerator path (torch ops on CPU tensors; all groups in one step, or one
+    group per step) holds the CPU path's moments, minima and maxima."""
+    stream = PlantedStream(small_layout, seed=6, scale=2.0)
+    batches = [stream.batch(n) for n in (9, 16, 1)]
+    cpu, dev = NeuronMoments(small_layout), NeuronMoments(small_layout)
+    dev.device_path_on_cpu = True
+    dev.device_step_bytes = step_bytes
+    for b in batches:
+        cpu.update(b)
+        dev.update(b)
+    ref, got = cpu.state_dict(), dev.state_dict()
+    assert ref.keys() == got.keys()
+    for k, v in ref.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-10, atol=1e-12, err_msg=k)

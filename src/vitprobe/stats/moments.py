@@ -167,18 +167,23 @@ class NeuronMoments(Accumulator):
                          resolve_threads(self.threads))
             self.n += nb
             return
-        # accelerator path: each group's batch moments (float64, two passes), then one
-        # combination for all groups at once: every op is a kernel launch the host pays
-        # for, and the combination is ~40 of them
+        # accelerator path: the batch moments (float64, two passes) of groups stacked,
+        # as many per step as fit, then one combination for all groups at once: every
+        # op is a kernel launch the host pays for, and the combination is ~40 of them
         st = self._state
         assert st is not None
-        stats = [batch_moments(x, torch_only=True)[1:] for x in xs]  # float64 inside
-        batch = (float(nb), *(torch.stack(column) for column in zip(*stats, strict=True)))
-        new = combine_moments((float(self.n), *st[:4]), batch)
+        p, c = xs[0].shape[1:]
+        step = self.items_per_step(len(xs), 40 * nb * p * c, self.device)  # stack, float64
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for g0 in range(0, len(xs), step):
+            x = torch.stack(xs[g0 : g0 + step], 1)  # (b, n, P, C): the batch axis first
+            parts.append((*batch_moments(x, torch_only=True)[1:], x.amin(0), x.amax(0)))
+        columns = [torch.cat(column) for column in zip(*parts, strict=True)]
+        new = combine_moments((float(self.n), *st[:4]), (float(nb), *columns[:4]))
         for k in range(4):
             st[k].copy_(new[k + 1])
-        torch.minimum(st[4], torch.stack([x.amin(0) for x in xs]), out=st[4])
-        torch.maximum(st[5], torch.stack([x.amax(0) for x in xs]), out=st[5])
+        torch.minimum(st[4], columns[4], out=st[4])
+        torch.maximum(st[5], columns[5], out=st[5])
         self.n += nb
 
     def _update_numpy(self, gi: int, x: torch.Tensor) -> None:
