@@ -130,14 +130,18 @@ def test_save_load_roundtrip(small_layout, tmp_path) -> None:
     np.testing.assert_array_equal(mid.state_dict()["edges"], mid2.state_dict()["edges"])
 
 
-@pytest.mark.parametrize("bins", [8, 32])  # neuron-major and streaming count layouts
-def test_torch_path_matches_numpy_path(small_layout, bins: int) -> None:
+@pytest.mark.parametrize(("bins", "step_bytes"), [(8, None), (32, None), (8, 1)])
+def test_torch_path_matches_numpy_path(small_layout, bins: int, step_bytes: int | None,
+                                       ) -> None:
+    """Neuron-major and streaming count layouts (8, 32 bins); the accelerator path with
+    all groups in one step, or one group per step."""
     kw = dict(bins=bins, calibration_images=128, null_channels=2, cross_pairs_per_distance=1)
     s = PlantedStream(small_layout, seed=9)
     cal, batches = s.batch(128), [s.batch(16), s.batch(7)]
     a = JointCounts(small_layout, **kw)
     b = JointCounts(small_layout, count_dtype="int32", **kw)
     b.device_path_on_cpu = True  # the accelerator code path, on CPU tensors
+    b.device_step_bytes = step_bytes
     for acc in (a, b):
         acc.calibrate(cal)
         acc.end_calibration()

@@ -222,6 +222,8 @@ class JointCounts(Accumulator):
         self.null: list[torch.Tensor] = []  # (C_null, B_x, P, B_y) int32
         self.cross_counts: list[torch.Tensor] = []  # (H, K, B_x, B_y) int32
         self._device_arrays: dict[str, tuple[np.ndarray, torch.Tensor]] = {}
+        #: the edges in searchsorted's layout per step of groups (accelerator path)
+        self._edges_t: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         #: (G, P, C) float32 range of each neuron over the calibration reservoir
         self.vmin: torch.Tensor | None = None
         self.vmax: torch.Tensor | None = None
@@ -399,6 +401,7 @@ class JointCounts(Accumulator):
             raise IncompatibleStateError(
                 f"edges must have shape {(g, b - 1, p, c)}, got {tuple(e.shape)}")
         self.edges = e
+        self._edges_t = {}
         self._edges_np: np.ndarray | None = e.numpy() if dev.type == "cpu" else None
         self.counts = [None] * g  # type: ignore[list-item]
         self.null = [None] * g  # type: ignore[list-item]
@@ -445,9 +448,13 @@ class JointCounts(Accumulator):
         if not self.uses_device_path(xs[0].device):
             run_parallel(lambda gi: self._update_group(gi, xs[gi], half), len(xs),
                          resolve_threads(self.threads))
-        else:
-            for gi, x in enumerate(xs):
-                self._update_group(gi, x, half)
+        else:  # groups stacked, as many per step as fit
+            p, c = self.layout.n_positions, self.channels.size
+            step = self.items_per_step(len(xs), 48 * nb * p * c, self.device)
+            for g0 in range(0, len(xs), step):
+                part = slice(g0, min(g0 + step, len(xs)))
+                self._update_groups_torch(part, torch.stack([x.to(self.device)
+                                                             for x in xs[part]]), half)
         if self.null_idx.size and nb >= 2:
             self.n_null += nb
         self.n += nb
@@ -513,35 +520,59 @@ class JointCounts(Accumulator):
             add_ones(self.cross_counts[gi], torch.from_numpy(flat))
 
     def _update_group_torch(self, gi: int, x: torch.Tensor, half: np.ndarray) -> None:
-        """Accelerator path: searchsorted binning and ``index_add_``, all on device."""
+        """Accelerator path of one group's (b, P, C) activations."""
+        self._update_groups_torch(slice(gi, gi + 1), x[None], half)
+
+    def _update_groups_torch(self, groups: slice, x: torch.Tensor, half: np.ndarray) -> None:
+        """Accelerator path: searchsorted binning and ``index_add_``, all on device, for
+        the n groups ``groups`` whose (n, b, P, C) activations ``x`` holds: the bins and
+        the count cells of all of them at once, then one add per group and table."""
         assert self.edges is not None
-        b, p, c = x.shape
+        n, b, p, c = x.shape
         nb = self.bins
         dev = x.device
-        xf = x.float()
-        ids = digitize(xf.reshape(b, p * c), self.edges[gi].reshape(nb - 1, p * c),
-                       layout="col").view(b, p, c)
+        # searchsorted over (n, P C) rows of edges: the edges' transpose is kept per step
+        edges = self._edges_by_neuron(groups, dev)  # (n, P C, B - 1)
+        ids = torch.searchsorted(edges, x.float().reshape(n, b, p * c).transpose(1, 2)
+                                 .contiguous(), right=True)
+        ids = ids.transpose(1, 2).view(n, b, p, c)
         cp = self.layout.centre_position
         ht = self._on_device("half", half, dev)
-        xc = ids[:, cp, :]
+        xc = ids[:, :, cp, :]  # (n, b, C)
         base = ((ht[:, None] * c + torch.arange(c, device=dev)) * nb + xc) * (p * nb)
-        flat = base[:, :, None] + torch.arange(p, device=dev) * nb + ids.transpose(1, 2)
-        add_ones(self.counts[gi], flat)
+        flat = base[..., None] + torch.arange(p, device=dev) * nb + ids.transpose(2, 3)
+        for i, gi in enumerate(range(groups.start, groups.stop)):
+            add_ones(self.counts[gi], flat[i])
         if self.null_idx.size and b >= 2:
             ni = self._on_device("null_idx", self.null_idx, dev)
             cn = ni.numel()
-            xs = xc.index_select(1, ni)
-            ys = ids.index_select(2, ni).transpose(1, 2).roll(-1, dims=0)
-            flat = ((torch.arange(cn, device=dev) * nb + xs)[:, :, None] * p
+            xs = xc.index_select(2, ni)
+            ys = ids.index_select(3, ni).transpose(2, 3).roll(-1, dims=1)
+            flat = ((torch.arange(cn, device=dev) * nb + xs)[..., None] * p
                     + torch.arange(p, device=dev)) * nb + ys
-            add_ones(self.null[gi], flat)
+            for i, gi in enumerate(range(groups.start, groups.stop)):
+                add_ones(self.null[gi], flat[i])
         if self.cross.shape[0]:
             cr = self._on_device("cross", self.cross, dev)
             k = cr.shape[0]
-            xk = xc.index_select(1, cr[:, 0])
-            yk = ids[:, cr[:, 2], cr[:, 1]]
+            xk = xc.index_select(2, cr[:, 0])
+            yk = ids[:, :, cr[:, 2], cr[:, 1]]  # (n, b, K)
             flat = ((ht[:, None] * k + torch.arange(k, device=dev)) * nb + xk) * nb + yk
-            add_ones(self.cross_counts[gi], flat)
+            for i, gi in enumerate(range(groups.start, groups.stop)):
+                add_ones(self.cross_counts[gi], flat[i])
+
+    def _edges_by_neuron(self, groups: slice, device: torch.device) -> torch.Tensor:
+        """(n, P C, B - 1) contiguous edges of the groups ``groups`` (searchsorted's
+        layout), formed once per calibration and step of groups: as much device memory
+        again as the edges (0.45 GB for ViT-B/16 at 32 bins, beside 29 GB of counts)."""
+        assert self.edges is not None
+        key = (groups.start, groups.stop, device)
+        held = self._edges_t.get(key)
+        if held is None:
+            e = self.edges[groups]
+            held = self._edges_t[key] = e.reshape(e.shape[0], e.shape[1], -1).transpose(
+                1, 2).contiguous().to(device)
+        return held
 
     def _on_device(self, key: str, values: np.ndarray, device: torch.device) -> torch.Tensor:
         """``values`` as a tensor on ``device``, copied once per array rather than once per
