@@ -453,24 +453,28 @@ class AngleAccumulator(Accumulator):
             self._update_compiled(cache, n_batch)
         else:
             # the accelerator path stacks layers; the CPU reference takes one at a time
-            step = self.layers_per_step(n_batch) if self.uses_device_path(self.device) else 1
-            for first in range(0, len(self.layers), step):
-                lis = range(first, min(first + step, len(self.layers)))
-                sums = self._layers(cache, lis, n_batch, self._scratch)
+            n = len(self.layers)
+            parts = (self.steps(n, self._layer_bytes(n_batch), self.device)
+                     if self.uses_device_path(self.device)
+                     else [slice(li, li + 1) for li in range(n)])
+            for part in parts:
+                sums = self._layers(cache, range(part.start, part.stop), n_batch, self._scratch)
                 for k, v in self._state.items():
-                    v[first : first + len(lis)] += getattr(sums, k)
+                    v[part] += getattr(sums, k)
         self.n_images += n_batch
 
     def layers_per_step(self, n_batch: int) -> int:
         """Layers stacked along the batch in one step of the accelerator path: as many as
         keep its temporaries (logits, attention, cosines, angles, bins) within
         :attr:`device_step_bytes`, spread evenly over the steps."""
-        t2 = self.n_tokens**2
+        return self.items_per_step(len(self.layers), self._layer_bytes(n_batch),
+                                   self.device or torch.device("cpu"))
+
+    def _layer_bytes(self, n_batch: int) -> int:
+        """Bytes of one layer's temporaries on the accelerator path."""
         v = len(self.variants)
         size = torch.finfo(self.compute_dtype).bits // 8
-        per_layer = n_batch * t2 * (size * (3 * self.n_heads + 3 * v) + 8 * v)
-        return self.items_per_step(len(self.layers), per_layer,
-                                   self.device or torch.device("cpu"))
+        return n_batch * self.n_tokens**2 * (size * (3 * self.n_heads + 3 * v) + 8 * v)
 
     def _check_finite(self, cache: Mapping[str, Any], layer: int) -> None:
         """Refuse NaN or inf in the sites a layer reads (angles and bins of non-finite
@@ -513,7 +517,9 @@ class AngleAccumulator(Accumulator):
         scores, pattern, writable = self._attention(cache, layers, n_batch, dev, slice(None),
                                                     scratch)
         mu = None
-        if self.mean_token is not None:  # one mean token per stacked image
+        if self.mean_token is not None and len(lis) == 1:  # the reference: as before
+            mu = self.mean_token[lis.start]
+        elif self.mean_token is not None:  # one mean token per stacked image
             mu = self.mean_token[lis.start : lis.stop, None].expand(
                 len(lis), n_batch, self.d_model).reshape(-1, self.d_model)
         # the accelerator path centres the Gram directly: choosing the rank-two

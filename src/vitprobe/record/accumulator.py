@@ -112,6 +112,13 @@ class Accumulator(ABC):
         n_steps = -(-n_items // most)
         return -(-n_items // n_steps)
 
+    def steps(self, n_items: int, bytes_per_item: int,
+              device: torch.device | str) -> list[slice]:
+        """The items of each step of the accelerator path, as slices
+        (:meth:`items_per_step` at a time)."""
+        size = self.items_per_step(n_items, bytes_per_item, device)
+        return [slice(first, min(first + size, n_items)) for first in range(0, n_items, size)]
+
     def calibrate(self, cache: Mapping[str, Any]) -> None:  # pragma: no cover - optional
         """Consume one batch of the calibration pass.
 

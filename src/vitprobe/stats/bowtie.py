@@ -466,10 +466,8 @@ class BowtieCounts(Accumulator):
             fold_t = host_to_device(fold, dev)  # once per batch, for every group
             k2, p, c = 2 * self.n_pairs, self.layout.n_positions, self.layout.d_model
             n_cells = sum(len(lst[0]) for lst in self._lists.values())
-            step = self.items_per_step(  # stacked input, values, ids; cells of the pairs
-                len(xs), nb * (4 * p * c + 9 * p * k2 + 16 * k2 * n_cells), dev)
-            for g0 in range(0, len(xs), step):
-                part = slice(g0, min(g0 + step, len(xs)))
+            for part in self.steps(  # stacked input, values, ids; cells of the pairs
+                    len(xs), nb * (4 * p * c + 9 * p * k2 + 16 * k2 * n_cells), dev):
                 x = torch.stack([x.to(dev) for x in xs[part]])
                 self._update_groups_torch(part, self._bin_ids(part, x), fold_t)
         self.n += nb

@@ -245,11 +245,9 @@ class NeuronHistograms(Accumulator):
         # call, to size its output); groups stacked, as many per step as fit
         p = self.layout.n_positions
         dev = self.device
-        step = self.items_per_step(len(xs), 24 * nb * p * c, dev)  # input, z, ids, cells
         channel = torch.arange(c, device=dev) * k
         position = torch.arange(p, device=dev)[:, None] * (c * k)
-        for g0 in range(0, len(xs), step):
-            part = slice(g0, min(g0 + step, len(xs)))
+        for part in self.steps(len(xs), 24 * nb * p * c, dev):  # input, z, ids, cells
             ids = self._bins(torch.stack(xs[part]), part)  # (n, b, P, C)
             group = torch.arange(ids.shape[0], device=dev)[:, None, None, None]
             cell = ids + (group * (c * k) + channel)

@@ -450,9 +450,7 @@ class JointCounts(Accumulator):
                          resolve_threads(self.threads))
         else:  # groups stacked, as many per step as fit
             p, c = self.layout.n_positions, self.channels.size
-            step = self.items_per_step(len(xs), 48 * nb * p * c, self.device)
-            for g0 in range(0, len(xs), step):
-                part = slice(g0, min(g0 + step, len(xs)))
+            for part in self.steps(len(xs), 48 * nb * p * c, self.device):
                 self._update_groups_torch(part, torch.stack([x.to(self.device)
                                                              for x in xs[part]]), half)
         if self.null_idx.size and nb >= 2:

@@ -173,10 +173,9 @@ class NeuronMoments(Accumulator):
         st = self._state
         assert st is not None
         p, c = xs[0].shape[1:]
-        step = self.items_per_step(len(xs), 40 * nb * p * c, self.device)  # stack, float64
         parts: list[tuple[torch.Tensor, ...]] = []
-        for g0 in range(0, len(xs), step):
-            x = torch.stack(xs[g0 : g0 + step], 1)  # (b, n, P, C): the batch axis first
+        for part in self.steps(len(xs), 40 * nb * p * c, self.device):  # stack, float64
+            x = torch.stack(xs[part], 1)  # (b, n, P, C): the batch axis first
             parts.append((*batch_moments(x, torch_only=True)[1:], x.amin(0), x.amax(0)))
         columns = [torch.cat(column) for column in zip(*parts, strict=True)]
         new = combine_moments((float(self.n), *st[:4]), (float(nb), *columns[:4]))
