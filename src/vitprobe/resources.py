@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 from collections.abc import Iterator
@@ -255,8 +256,16 @@ def _gpu_total(device: str, gpu_total: int | None) -> int:
     import torch
 
     index = torch.device(device).index
-    return torch.cuda.get_device_properties(
-        torch.cuda.current_device() if index is None else index).total_memory
+    return _gpu_memory(torch.cuda.current_device() if index is None else index)
+
+
+@functools.cache
+def _gpu_memory(index: int) -> int:
+    """Total memory of CUDA device ``index`` (read once: the accelerator path asks for
+    every batch)."""
+    import torch
+
+    return torch.cuda.get_device_properties(index).total_memory
 
 
 #: bytes of one step's temporaries on the accelerator path off a GPU, and the least on one

@@ -25,6 +25,13 @@ def test_digitize_matches_searchsorted() -> None:
     np.testing.assert_array_equal(t.numpy(), ref)
     tc = digitize(torch.from_numpy(x.T.copy()), torch.from_numpy(e.T.copy()), layout="col")
     np.testing.assert_array_equal(tc.numpy(), ref.T)
+    # leading batch axes (the accelerator path's groups): each slice binned by its edges
+    e2 = np.stack([e, e[::-1] * 0.5 + np.sort(e, axis=1) * 0.5])
+    e2.sort(axis=2)
+    x2 = np.stack([x, -x])
+    tb = digitize(torch.from_numpy(x2), torch.from_numpy(e2))
+    for g in range(2):
+        np.testing.assert_array_equal(tb[g].numpy(), digitize(x2[g], e2[g]))
 
 
 def test_quantile_edges_equal_frequency() -> None:

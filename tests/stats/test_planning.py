@@ -3,7 +3,9 @@ from __future__ import annotations
 import pytest
 
 from vitprobe.errors import VitprobeError
-from vitprobe.stats import NeuronLayout, describe_plan, joint_memory, plan_passes
+from vitprobe.stats import JointCounts, NeuronLayout, describe_plan, joint_memory, plan_passes
+
+from .conftest import PlantedStream
 
 VIT_B = NeuronLayout(n_layers=12, d_model=768, grid=(14, 14), n_prefix=1)
 
@@ -17,6 +19,24 @@ def test_memory_matches_issue_numbers() -> None:
     assert halves.counts == 2 * est.counts
     small = joint_memory(VIT_B, 32, n_groups=24, max_images=50_000)
     assert small.counts == est.counts  # int16 halves: same bytes as int32 without halves
+
+
+def test_memory_counts_the_accelerator_paths_edges(small_layout) -> None:
+    """Off the CPU the edges are held twice (their transpose for searchsorted): the
+    estimate says so, and matches the tensors a JointCounts on that path really holds."""
+    cpu = joint_memory(VIT_B, 32, n_groups=3)
+    gpu = joint_memory(VIT_B, 32, n_groups=3, device="cuda")
+    assert gpu.edges - cpu.edges == 3 * 31 * 768 * 196 * 4
+    acc = JointCounts(small_layout, bins=8, calibration_images=32, null_channels=0)
+    acc.device_path_on_cpu = True
+    stream = PlantedStream(small_layout, seed=3)
+    acc.calibrate(stream.batch(32))
+    acc.end_calibration()
+    acc.update(stream.batch(4))
+    held = acc.edges.nbytes + sum(t.nbytes for t in acc._edges_t.values())
+    held += acc.vmin.nbytes + acc.vmax.nbytes
+    est = joint_memory(small_layout, 8, n_groups=len(small_layout.groups()), device="cuda")
+    assert held == est.edges
 
 
 def test_plan_passes_fits_budget() -> None:

@@ -491,44 +491,37 @@ class AngleAccumulator(Accumulator):
                                           "of the batch; drop those images (vitprobe run "
                                           "skips them)")
 
-    def _layer(self, cache: Mapping[str, Any], li: int, layer: int, n_batch: int,
-               rows: slice, scratch: Scratch, threads: int | None = None) -> LayerSums:
-        """Sums of layer ``layer`` over the images ``rows`` of the batch."""
-        dev = self.device
-        assert dev is not None
-        e = self._embeddings(cache, layer)[rows]
-        scores, pattern, writable = self._attention(cache, [layer], n_batch, dev, rows, scratch)
-        mu = self.mean_token[li] if self.mean_token is not None else None
-        geometry = pair_geometry(e.to(device=dev, dtype=self.compute_dtype), self.start,
-                                 self.bins, self.variants, mean_token=mu, scratch=scratch,
-                                 cosines_only=self._compiled(dev))
-        return layer_sums(geometry, scores, pattern, self.start, self.bins,
-                          scores_writable=writable, scratch=scratch, threads=threads)
-
-    def _layers(self, cache: Mapping[str, Any], lis: range, n_batch: int,
-                scratch: Scratch) -> LayerSums:
+    def _layers(self, cache: Mapping[str, Any], lis: range, n_batch: int, scratch: Scratch,
+                rows: slice = slice(None), threads: int | None = None) -> LayerSums:
         """Sums of the followed layers ``lis`` (indices into :attr:`layers`) over the
-        batch, with a leading layer axis: the layers' images stacked along the batch
-        (torch path; one layer at a time this is the CPU reference)."""
+        images ``rows`` of the batch, with a leading layer axis. The accelerator path
+        stacks the layers' images along the batch; the compiled CPU path and the CPU
+        reference take one layer at a time (``threads``: the compiled kernel's)."""
         dev = self.device
         assert dev is not None
+        compiled = self._compiled(dev)
         layers = [self.layers[li] for li in lis]
-        e = _stacked([self._embeddings(cache, layer) for layer in layers])
-        scores, pattern, writable = self._attention(cache, layers, n_batch, dev, slice(None),
-                                                    scratch)
+        e = _stacked([self._embeddings(cache, layer)[rows] for layer in layers])
+        scores, pattern, writable = self._attention(cache, layers, n_batch, dev, rows, scratch)
         mu = None
-        if self.mean_token is not None and len(lis) == 1:  # the reference: as before
+        if self.mean_token is not None and len(lis) == 1:  # one vector: the reference's
             mu = self.mean_token[lis.start]
         elif self.mean_token is not None:  # one mean token per stacked image
+            n_rows = e.shape[0] // len(lis)
             mu = self.mean_token[lis.start : lis.stop, None].expand(
-                len(lis), n_batch, self.d_model).reshape(-1, self.d_model)
+                len(lis), n_rows, self.d_model).reshape(-1, self.d_model)
         # the accelerator path centres the Gram directly: choosing the rank-two
         # correction from the batch's values would make the host wait for the device
         geometry = pair_geometry(e.to(device=dev, dtype=self.compute_dtype), self.start,
                                  self.bins, self.variants, mean_token=mu, scratch=scratch,
+                                 cosines_only=compiled,
                                  direct_centring=True if self.uses_device_path(dev) else None)
-        return layer_sums(geometry, scores, pattern, self.start, self.bins,
-                          scores_writable=writable, scratch=scratch, groups=len(layers))
+        sums = layer_sums(geometry, scores, pattern, self.start, self.bins,
+                          scores_writable=writable, scratch=scratch, threads=threads,
+                          groups=None if compiled else len(layers))
+        if compiled:  # one layer, no group axis: add it
+            sums = LayerSums(**{k: v[None] for k, v in vars(sums).items()})
+        return sums
 
     def _compiled(self, device: torch.device) -> bool:
         """Whether batches on ``device`` go through the compiled CPU kernel."""
@@ -553,10 +546,11 @@ class AngleAccumulator(Accumulator):
             scratch = self._thread_scratch[t]
             for first in range(bounds[t], bounds[t + 1], self.chunk_images):
                 rows = slice(first, min(bounds[t + 1], first + self.chunk_images))
-                for li, layer in enumerate(self.layers):
-                    sums = self._layer(cache, li, layer, n_batch, rows, scratch, threads=1)
+                for li in range(len(self.layers)):
+                    sums = self._layers(cache, range(li, li + 1), n_batch, scratch, rows,
+                                        threads=1)
                     for k, v in partial[t].items():
-                        v[li] += getattr(sums, k)
+                        v[li : li + 1] += getattr(sums, k)
 
         with torch_threads(1):
             run_parallel(work, n_threads, n_threads)

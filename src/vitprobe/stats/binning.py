@@ -85,7 +85,8 @@ def digitize(values: np.ndarray | torch.Tensor, edges: np.ndarray | torch.Tensor
     Parameters
     ----------
     values : array or tensor
-        ``layout="row"``: shape (V, N), variable ``v``'s samples in row ``v``.
+        ``layout="row"``: shape (V, N), variable ``v``'s samples in row ``v``; a tensor
+        may have leading batch axes, (..., V, N) with edges (..., V, B - 1).
         ``layout="col"``: shape (N, V), one sample of every variable per row (the
         natural layout of a recorded batch: images x neurons).
     edges : (V, B - 1) for ``"row"``, (B - 1, V) for ``"col"``

@@ -529,10 +529,9 @@ class JointCounts(Accumulator):
         n, b, p, c = x.shape
         nb = self.bins
         dev = x.device
-        # searchsorted over (n, P C) rows of edges: the edges' transpose is kept per step
+        # (n, P C) rows of edges, one per neuron: the edges' transpose is kept per step
         edges = self._edges_by_neuron(groups, dev)  # (n, P C, B - 1)
-        ids = torch.searchsorted(edges, x.float().reshape(n, b, p * c).transpose(1, 2)
-                                 .contiguous(), right=True)
+        ids = digitize(x.float().reshape(n, b, p * c).transpose(1, 2), edges)
         ids = ids.transpose(1, 2).view(n, b, p, c)
         cp = self.layout.centre_position
         ht = self._on_device("half", half, dev)

@@ -9,12 +9,14 @@ pass stays within it; each pass streams the images once (with its own calibratio
 Peak of a pass of ``g`` groups, in bytes (``V = C P`` neurons per group)::
 
     calibration: g * (R V 4 + (B-1) V 4) + R V 4        reservoir + edges + one sort copy
-    counting:    g * (H V B^2 s + C_null P B^2 4 + H K B^2 4 + (B-1) V 4 + 2 V 4)
+    counting:    g * (H V B^2 s + C_null P B^2 4 + H K B^2 4 + (B-1) V 4 a + 2 V 4)
                  + batch * V * 13                        per-batch temporaries
 
 with ``s`` = 2 bytes per cell for int16 counts (CPU, at most 32767 images per half:
 ``max_images <= 65534`` with split halves) else 4, ``R`` the calibration reservoir,
-``K`` the cross-channel pairs. :func:`joint_memory` returns this breakdown.
+``K`` the cross-channel pairs, ``a`` = 2 off the CPU (the accelerator path keeps the
+edges' transpose beside them, searchsorted's layout) else 1. :func:`joint_memory` returns
+this breakdown.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def joint_memory(layout: NeuronLayout, bins: int, *, n_groups: int = 1,
         counts=g * h * v * b2 * cell,
         null=g * cn * p * b2 * 4,
         cross=g * h * k * b2 * 4,
-        edges=g * ((bins - 1) * v * 4 + 2 * v * 4),
+        edges=g * ((bins - 1) * v * 4 * (1 if device == "cpu" else 2) + 2 * v * 4),
         reservoir=g * calibration_images * v * 4,
         temporaries=batch_size * v * 13,
     )
