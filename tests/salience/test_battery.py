@@ -91,6 +91,17 @@ def test_measure_salience_python_call():
                           eigen_layers=())
     assert ds.sizes[MODEL_DIM] == 1 and "eigen_cosine" not in ds
     assert list(ds["feature"].values) == ["colour"]
+    # the report leaves out the gallery of the skipped eigen-stimuli and draws the rest
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitprobe.report.builder import report_figures
+
+    specs = report_figures({"salience": ds})
+    assert [s.slug for s in specs] == ["salience_curves", "salience_examples",
+                                       "salience_surround"]
+    for spec in specs:
+        plt.close(spec.draw({"salience": ds}))
 
 
 def test_models_of_one_geometry_share_their_stimuli(monkeypatch):
@@ -239,6 +250,22 @@ def test_command_parses_options():
     assert _eigen_layers("none") == () and _eigen_layers(None) is None
     with pytest.raises(VitprobeError, match="1-based"):
         _eigen_layers("first")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"levels": 1}, "levels must be >= 2"),
+    ({"features": ("shape",)}, "choose one or more of orientation"),
+    ({"placements": ("straddling",)}, "must include 'aligned'"),
+    ({"jitters": (0.0, 2.0)}, r"fractions in \[0, 1\]"),
+    ({"surround_distances": (0,)}, "gaps of >= 1 cell"),
+])
+def test_config_refuses_what_the_battery_cannot_measure(options, message):
+    from vitprobe.errors import ConfigurationError
+    from vitprobe.salience import SalienceConfig
+
+    with pytest.raises(ConfigurationError, match=message):
+        SalienceConfig(**options)
 
 
 def test_config_from_context_options():

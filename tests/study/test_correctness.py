@@ -373,6 +373,7 @@ def test_every_image_is_forwarded_and_counted_once_by_every_analysis(
 @pytest.mark.parametrize(("options", "message"), [
     ({"mi_channels": 0}, "mi-channels must be >= 1"),
     ({"batch_size": 0}, "batch-size must be >= 1"),
+    ({"seed": -3}, "seed must be >= 0"),
     ({"resume": True, "force": True}, "pass one"),
 ])
 def test_invalid_options_are_named(options, message):

@@ -132,11 +132,17 @@ class FigureSpec:
     caption: Callable[[Datasets, dict], str]
     #: drawn only when the first needed file holds a control along ``model``
     control_only: bool = False
+    #: drawn only when the first needed file holds these variables (an experiment the
+    #: run's options skipped leaves them out)
+    variables: tuple[str, ...] = ()
 
     def available(self, datasets: Datasets) -> bool:
         if not all(name in datasets for name in self.needs):
             return False
-        return not self.control_only or has_control(datasets[self.needs[0]])
+        first = datasets[self.needs[0]]
+        if any(v not in first for v in self.variables):
+            return False
+        return not self.control_only or has_control(first)
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ class SalienceAnalysis(Analysis):
         FigureSpec(SECTION.slug, "salience_surround", "Centre-surround",
                    ("salience",), _draw("plot_surround"), _caption_surround),
         FigureSpec(SECTION.slug, "salience_eigen", "Eigen-stimulus gallery",
-                   ("salience",), _draw("plot_eigen_gallery"), _caption_gallery),
+                   ("salience",), _draw("plot_eigen_gallery"), _caption_gallery,
+                   variables=("eigen_cosine",)),
     )
 
     def run(self, models: Mapping[str, ProbedViT], context: Context,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from vitprobe.errors import ConfigurationError
 from vitprobe.models import ProbedViT
 from vitprobe.salience import stimuli as st
 from vitprobe.salience.measure import attention_maps, measure_arrays, measure_surround
@@ -77,6 +78,28 @@ class SalienceConfig:
     eigen_steps: int = 300
     eigen_images: int = 8
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name, least in (("seeds", 1), ("levels", 2), ("cell", 1), ("eigen_steps", 0),
+                            ("eigen_images", 1), ("batch_size", 1)):
+            if getattr(self, name) < least:
+                raise ConfigurationError(f"salience {name.replace('_', '-')} must be >= "
+                                         f"{least}, got {getattr(self, name)}")
+        for name, allowed in (("features", st.FEATURES), ("placements", st.PLACEMENTS)):
+            unknown = [v for v in getattr(self, name) if v not in allowed]
+            if unknown or not getattr(self, name):
+                raise ConfigurationError(f"salience {name} {list(getattr(self, name))}: "
+                                         f"choose one or more of {', '.join(allowed)}")
+        # the curves, findings and controls compare aligned arrays without jitter
+        if "aligned" not in self.placements or 0.0 not in self.jitters:
+            raise ConfigurationError("salience placements must include 'aligned' and jitters "
+                                     "0.0 (the reference arrays every figure compares)")
+        if any(not 0.0 <= j <= 1.0 for j in self.jitters):
+            raise ConfigurationError(f"salience jitters are fractions in [0, 1], got "
+                                     f"{list(self.jitters)}")
+        if any(d < 1 for d in self.surround_distances):
+            raise ConfigurationError(f"salience surround distances are gaps of >= 1 cell, "
+                                     f"got {list(self.surround_distances)}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> SalienceConfig:

@@ -113,7 +113,8 @@ def _summary(config, result, seconds: float) -> None:
         f"  images     {result.n_images} counted from {config.images}"
         + (f", {len(result.skipped)} skipped" if result.skipped else ""),
         f"  analyses   {', '.join(config.analyses)}",
-        f"  results    {config.out}/results/ ({len(result.datasets)} netCDF files)",
+        f"  results    {config.out}/results/ ({len(result.datasets)} netCDF "
+        f"file{'' if len(result.datasets) == 1 else 's'})",
     ]
     peak = result.peak_memory
     held = ([f"{peak['host_rss'] / 1e9:.1f} GB resident"] if "host_rss" in peak else []) + (

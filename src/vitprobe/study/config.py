@@ -152,6 +152,8 @@ class StudyConfig:
             raise ConfigurationError(f"workers must be >= 0, got {self.workers}")
         if self.n_images is not None and self.n_images < 1:
             raise ConfigurationError(f"n-images must be >= 1, got {self.n_images}")
+        if self.seed < 0:  # numpy's generators take non-negative seeds only
+            raise ConfigurationError(f"seed must be >= 0, got {self.seed}")
         for name, least in (("mi_channels", 1), ("mi_bins", 2)):
             value = getattr(self, name)
             if value is not None and value < least:

@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and straddling), centre-surround stimuli, and patches aligned to each head's "
         "query-key modes; per layer and head, with a random-init control.",
     )
-    p.add_argument("--model", "-m", default=None, metavar="SPEC",
-                   help="model spec as in 'vitprobe info' (default: imgfocus-dinov2-s14)")
+    from vitprobe.models.command import add_model_arguments
+
+    add_model_arguments(p)
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     p.add_argument("--no-control", action="store_true",
                    help="skip the random-init control")
@@ -49,7 +50,6 @@ def _eigen_layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def run_salience(args: argparse.Namespace) -> int:
-    from vitprobe.models.registry import DEFAULT_MODEL
     from vitprobe.study import run_study
 
     options = {k: v for k, v in {"salience_seeds": args.seeds,
@@ -60,7 +60,10 @@ def run_salience(args: argparse.Namespace) -> int:
     if args.force:
         extra["force"] = True
     result = run_study(
-        model=args.model or DEFAULT_MODEL,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        pretrained=not args.random_init,
+        device=args.device,
         analyses=("salience",),
         control=None if args.no_control else "random-init",
         out=args.out,
