@@ -492,3 +492,31 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
         assert runfolder.status(out) == "complete"
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_run_study_with_a_module_you_built(tmp_path):
+    """The README's own-module route: ``run_study(models=...)`` studies the given module
+    (its hooks see every counted image), under the spec's name, with no model loaded."""
+    import timm
+
+    import vitprobe
+
+    module = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)
+    seen: list[int] = []
+    module.blocks[0].register_forward_hook(lambda m, a, o: seen.append(int(a[0].shape[0])))
+    result = vitprobe.run_study(model="mine", models={"trained": vitprobe.load_model(module)},
+                                control=None, images="stimuli:gratings", n_images=12,
+                                batch_size=4, workers=0, calibration_images=4,
+                                analyses=("moments",), out=tmp_path / "run", report=False,
+                                progress=False)
+    assert result.n_images == 12 and sum(seen) == 12
+    saved = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert saved["config"]["model"] == "mine"
+    import xarray as xr
+
+    moments = xr.load_dataset(tmp_path / "run" / "results" / "moments.nc", engine="h5netcdf")
+    assert moments.sizes["layer"] == 2
+    with pytest.raises(ConfigurationError, match="random-init"):
+        vitprobe.run_study(model="mine", models={"random-init": vitprobe.load_model(module)},
+                           control=None, images="stimuli:gratings", n_images=4,
+                           out=tmp_path / "other", report=False, progress=False)

@@ -9,6 +9,7 @@ from vitprobe._lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_ANALYSES": "vitprobe.study.config",
+    "Study": "vitprobe.study.runner",
     "StudyConfig": "vitprobe.study.config",
     "StudyInterrupted": "vitprobe.study.runner",
     "StudyResult": "vitprobe.study.runner",

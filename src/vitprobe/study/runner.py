@@ -628,23 +628,30 @@ def _skips(loader) -> list[tuple[str, str]]:
 
 
 def run_study(config: StudyConfig | None = None, *, report: bool = True,
-              progress: bool | str = True, **options: Any) -> StudyResult:
+              progress: bool | str = True, models: Mapping[str, ProbedViT] | None = None,
+              **options: Any) -> StudyResult:
     """Run the whole study (the Python face of ``vitprobe run``).
 
     >>> result = run_study(model="imgfocus-dinov2-s14", images="demo", n_images=256,
     ...                    out="runs/demo")  # doctest: +SKIP
+    >>> mine = vitprobe.load_model(my_module)  # a model you built or hooked yourself
+    >>> run_study(model="mine", models={"trained": mine}, control=None,
+    ...           images="/data/val", out="runs/mine")  # doctest: +SKIP
 
     Args:
         config: a :class:`StudyConfig`, or None to build one from ``options``.
         report: draw the figures and write ``report.html`` at the end.
         progress: show progress bars (True: when attached to a terminal; "always").
+        models: already loaded models by variant (``"trained"``, ``"random-init"``: the
+            run's :attr:`StudyConfig.variants`), used instead of loading ``model``; the
+            spec then only names the model in the results.
         **options: :class:`StudyConfig` fields (``resume=True``, ``force=True`` too).
     """
     if config is None:
         config = StudyConfig(**options)
     elif options:
         config = config.with_(**options)
-    study = Study(config, progress=progress)
+    study = Study(config, progress=progress, models=models)
     try:
         with retained_heap():  # a batch's recorded sites reuse the last batch's pages
             result = study.run()
