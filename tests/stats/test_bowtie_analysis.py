@@ -81,10 +81,18 @@ def test_plugin_figures_from_the_saved_file(tmp_path) -> None:
     parts = {TRAINED: run_tiny(analysis, 0)[1], RANDOM_INIT: run_tiny(analysis, 1)[1]}
     save_dataset(stack_models(parts), tmp_path / "bowtie.nc")
     loaded = {"bowtie": load_dataset(tmp_path / "bowtie.nc")}
+    figures = {}
     for spec in analysis.figures:
         assert spec.available(loaded)
-        spec.draw(loaded).savefig(tmp_path / f"{spec.slug}.png", dpi=30)
+        figures[spec.slug] = fig = spec.draw(loaded)
+        fig.savefig(tmp_path / f"{spec.slug}.png", dpi=30)
     assert len(list(tmp_path.glob("*.png"))) == len(analysis.figures)
+    # the conditional SD overlays the control's nearest distance, and says so
+    sd = figures["bowtie_conditional_sd_mlp"]
+    labels = [t.get_text() for t in sd.axes[0].get_legend().get_texts()]
+    assert labels[0] == "d = 1" and f"{RANDOM_INIT}, d = 1" in labels
+    spec = next(s for s in analysis.figures if s.slug == "bowtie_conditional_sd_mlp")
+    assert "grey dashed" in spec.caption(loaded, {"images": {"source": "demo"}})
 
 
 @pytest.mark.slow

@@ -100,8 +100,7 @@ def _draw_sd(sublayer: str) -> Callable[[Datasets], Figure]:
     def draw(datasets: Datasets) -> Figure:
         from vitprobe.plots.bowtie import plot_conditional_sd
 
-        return plot_conditional_sd(main_model(datasets["bowtie"]), sublayer,
-                                   pair_kind=FIGURE_PAIR)
+        return plot_conditional_sd(datasets["bowtie"], sublayer, pair_kind=FIGURE_PAIR)
 
     return draw
 
@@ -115,10 +114,19 @@ def _caption_sd(sublayer: str) -> Callable[[Datasets, dict], str]:
             f"distance (light: near, dark: far), for the channel with the {FIGURE_PAIR} "
             "calibration MI at distance 1, all position pairs at each distance pooled. A "
             "flat line at 1 is no variance dependence; a V is a bowtie, and its flattening "
-            f"with distance is the bowtie fading. {_n_images(ds, manifest)}; "
+            f"with distance is the bowtie fading.{_control_sd(datasets['bowtie'])} "
+            f"{_n_images(ds, manifest)}; "
             f"{_estimators(ds)}. File: results/bowtie.nc.")
 
     return caption
+
+
+def _control_sd(ds: xr.Dataset) -> str:
+    names = list(controls(ds))
+    if not names:
+        return " No control was run."
+    return (f" The controls ({', '.join(names)}) are the grey dashed lines at the nearest "
+            f"distance, each for its own channel with the {FIGURE_PAIR} calibration MI.")
 
 
 def _draw_summary(datasets: Datasets) -> Figure:

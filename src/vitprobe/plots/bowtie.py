@@ -173,16 +173,18 @@ def plot_conditional_sd(ds: xr.Dataset, sublayer: str = "attn", *,
                         layers: Sequence[int] | None = None, min_count: int = 10,
                         ncols: int = 6) -> Figure:
     """SD[y~ | x~] against x~ (both standardised by the pair's marginal moments), one
-    panel per layer, one line per distance (light to dark: near to far).
+    panel per layer, one line per distance (light to dark: near to far); the controls
+    (when ``ds`` holds them along ``model``) in their dashed style at the nearest
+    distance, each for its own channel of the same ``pair_kind``.
 
     A flat line at 1 is no variance dependence; a V (SD rising with |x~|) is a bowtie.
     """
-    ds = _one_model(ds)
-    _need(ds, "counts", "cond_sd", "column_n")
-    layers = [int(v) for v in (ds.layer.values if layers is None else layers)]
+    stacked = ds if MODEL_DIM in ds.dims else ds.expand_dims({MODEL_DIM: ["model"]})
+    main, ctrls = split_models(stacked)
+    _need(main, "counts", "cond_sd", "column_n")
+    layers = [int(v) for v in (main.layer.values if layers is None else layers)]
     dists = list(distances) if distances is not None else default_distances(
-        ds, pooling, wanted=tuple(int(d) for d in ds.distance.values if d > 0))
-    k = _pair_index(ds, pair_kind)
+        main, pooling, wanted=tuple(int(d) for d in main.distance.values if d > 0))
     ncols = min(ncols, len(layers))
     nrows = -(-len(layers) // ncols)
     fig = Figure(figsize=(1.9 * ncols + 0.6, 1.7 * nrows + 0.8))
@@ -190,19 +192,21 @@ def plot_conditional_sd(ds: xr.Dataset, sublayer: str = "attn", *,
     cmap = matplotlib.colormaps["viridis_r"]
     for i, layer in enumerate(layers):
         ax = axes.flat[i]
-        sel = ds.sel(layer=layer, sublayer=sublayer, pair=k, pooling=pooling)
-        xc, yc = sel.x_value.values, sel.y_value.values
+        sel = main.sel(layer=layer, sublayer=sublayer, pair=_pair_index(main, pair_kind),
+                       pooling=pooling)
         for j, d in enumerate(dists):
-            one = sel.sel(distance=d)
-            c = one.counts.values
-            if c.sum() < 2:
-                continue
-            mm = marginal_moments(c, xc, yc)
-            ok = one.column_n.values >= min_count
-            xt = (xc - float(mm.mean_x)) / float(mm.sd_x)
-            st = one.cond_sd.values / float(mm.sd_y)
-            ax.plot(xt[ok], st[ok], color=cmap((j + 0.5) / len(dists)), lw=0.9,
-                    label=f"d = {d}")
+            curve = _standardised_sd(sel.sel(distance=d), min_count)
+            if curve is not None:
+                ax.plot(*curve, color=cmap((j + 0.5) / len(dists)), lw=0.9,
+                        label=f"d = {d}")
+        for cname, cds in ctrls.items():
+            style = model_style(stacked, cname)
+            one = cds.sel(layer=layer, sublayer=sublayer, pair=_pair_index(cds, pair_kind),
+                          pooling=pooling, distance=dists[0])
+            curve = _standardised_sd(one, min_count)
+            if curve is not None:
+                ax.plot(*curve, color=style.color, ls=style.linestyle, alpha=style.alpha,
+                        lw=0.9, label=f"{style.label}, d = {dists[0]}")
         ax.axhline(1.0, color="0.7", lw=0.5, ls=":")
         ax.set_title(f"layer {layer + 1}", fontsize=8)
         ax.tick_params(labelsize=6)
@@ -215,6 +219,18 @@ def plot_conditional_sd(ds: xr.Dataset, sublayer: str = "attn", *,
                  f"{_kind_text(pair_kind)}, {pooling} pairs", fontsize=9)
     fig.tight_layout(rect=(0.02, 0.02, 1, 0.96))
     return fig
+
+
+def _standardised_sd(one: xr.Dataset, min_count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x~, SD[y | x] / SD(y)) of one pair at one distance, over the columns holding at
+    least ``min_count`` samples; None without counts."""
+    c = one.counts.values
+    if c.sum() < 2:
+        return None
+    mm = marginal_moments(c, one.x_value.values, one.y_value.values)
+    ok = one.column_n.values >= min_count
+    xt = (one.x_value.values - float(mm.mean_x)) / float(mm.sd_x)
+    return xt[ok], one.cond_sd.values[ok] / float(mm.sd_y)
 
 
 _SUMMARY_ROWS = (("layer_correlation", "correlation"),
