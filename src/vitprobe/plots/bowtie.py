@@ -28,6 +28,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from vitprobe.errors import ResultsError
+from vitprobe.plots.common import as_results
 from vitprobe.schema import MODEL_DIM, model_style, split_models
 from vitprobe.stats.conditional import marginal_moments
 
@@ -179,7 +180,7 @@ def plot_conditional_sd(ds: xr.Dataset, sublayer: str = "attn", *,
 
     A flat line at 1 is no variance dependence; a V (SD rising with |x~|) is a bowtie.
     """
-    stacked = ds if MODEL_DIM in ds.dims else ds.expand_dims({MODEL_DIM: ["model"]})
+    stacked = as_results(ds)
     main, ctrls = split_models(stacked)
     _need(main, "counts", "cond_sd", "column_n")
     layers = [int(v) for v in (main.layer.values if layers is None else layers)]
@@ -249,7 +250,7 @@ def plot_bowtie_summary(ds: xr.Dataset, *, pooling: str = "translation",
     (viridis, near to far), the controls in grey dashed lines at the first distance.
     """
     _need(ds, *(name for name, _ in _SUMMARY_ROWS))
-    stacked = ds if MODEL_DIM in ds.dims else ds.expand_dims({MODEL_DIM: ["model"]})
+    stacked = as_results(ds)
     main, ctrls = split_models(stacked)
     dists = list(distances) if distances is not None else default_distances(main, pooling)
     subs = [str(s) for s in main.sublayer.values]
