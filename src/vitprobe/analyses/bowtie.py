@@ -108,25 +108,29 @@ def _draw_sd(sublayer: str) -> Callable[[Datasets], Figure]:
 def _caption_sd(sublayer: str) -> Callable[[Datasets, dict], str]:
     def caption(datasets: Datasets, manifest: dict) -> str:
         ds = main_model(datasets["bowtie"])
+        controls_shown = _control_note(
+            datasets["bowtie"], f", each for its own channel with the {FIGURE_PAIR} "
+            "calibration MI")
         return (
             f"Conditional standard deviation SD[y|x] of {_NAMES[sublayer]} neurons against "
             "x, both in units of their marginal SD, one panel per layer and one line per "
             f"distance (light: near, dark: far), for the channel with the {FIGURE_PAIR} "
             "calibration MI at distance 1, all position pairs at each distance pooled. A "
             "flat line at 1 is no variance dependence; a V is a bowtie, and its flattening "
-            f"with distance is the bowtie fading.{_control_sd(datasets['bowtie'])} "
+            f"with distance is the bowtie fading.{controls_shown} "
             f"{_n_images(ds, manifest)}; "
             f"{_estimators(ds)}. File: results/bowtie.nc.")
 
     return caption
 
 
-def _control_sd(ds: xr.Dataset) -> str:
+def _control_note(ds: xr.Dataset, detail: str = "") -> str:
+    """How a figure shows the controls (grey dashed, nearest distance), or that none ran."""
     names = list(controls(ds))
     if not names:
-        return " No control was run."
+        return " No control was run (add <code>--control random-init</code>)."
     return (f" The controls ({', '.join(names)}) are the grey dashed lines at the nearest "
-            f"distance, each for its own channel with the {FIGURE_PAIR} calibration MI.")
+            f"distance{detail}.")
 
 
 def _draw_summary(datasets: Datasets) -> Figure:
@@ -138,9 +142,7 @@ def _draw_summary(datasets: Datasets) -> Figure:
 def _caption_summary(datasets: Datasets, manifest: dict) -> str:
     ds = datasets["bowtie"]
     main = main_model(ds)
-    ctrl = (" The controls (" + ", ".join(controls(ds)) + ") are the grey dashed lines at "
-            "the nearest distance." if controls(ds) else
-            " No control was run (add <code>--control random-init</code>).")
+    ctrl = _control_note(ds)
     return (
         "Per layer, MHA and MLP: the correlation of neighbouring neurons (linear "
         "dependence), the bowtie index (variance dependence: slope of the standardised "
