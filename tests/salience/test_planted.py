@@ -209,3 +209,17 @@ def test_surround_equals_brute_force():
                            for i in np.nonzero(centre)[0])
                 assert fast["attention"][n, layer, h] == pytest.approx(mass, rel=1e-12,
                                                                        abs=1e-15)
+
+
+@pytest.mark.parametrize("rows", [1, 31, 32, 33, 257])
+def test_column_sums_equal_a_float64_sum(rows):
+    """Float32 runs of rows joined in float64 equal the float64 sum of the pattern to
+    ~1e-7 relative, for row counts around and beyond one run."""
+    from vitprobe.salience.measure import _column_sums
+
+    torch.manual_seed(rows)
+    pattern = torch.rand(2, 3, rows, 40).softmax(-1)
+    exact = pattern.double().sum(-2)
+    got = _column_sums(pattern)
+    assert got.dtype == torch.float64 and got.shape == exact.shape
+    np.testing.assert_allclose(got.numpy(), exact.numpy(), rtol=2e-7, atol=0)
