@@ -93,6 +93,14 @@ def test_plugin_figures_from_the_saved_file(tmp_path) -> None:
     assert labels[0] == "d = 1" and f"{RANDOM_INIT}, d = 1" in labels
     spec = next(s for s in analysis.figures if s.slug == "bowtie_conditional_sd_mlp")
     assert "grey dashed" in spec.caption(loaded, {"images": {"source": "demo"}})
+    # its axis label sits just below the bottom panels' tick labels, not a band lower
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(sd).draw()  # the layout as saved
+    renderer = sd.canvas.get_renderer()
+    label = sd._supxlabel.get_window_extent(renderer)
+    ticks = min(ax.get_tightbbox(renderer).y0 for ax in sd.axes if ax.get_visible())
+    assert 0 <= ticks - label.y1 < 0.15 * sd.dpi, (ticks, label.y1)
 
 
 @pytest.mark.slow

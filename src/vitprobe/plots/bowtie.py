@@ -188,7 +188,9 @@ def plot_conditional_sd(ds: xr.Dataset, sublayer: str = "attn", *,
         main, pooling, wanted=tuple(int(d) for d in main.distance.values if d > 0))
     ncols = min(ncols, len(layers))
     nrows = -(-len(layers) // ncols)
-    fig = Figure(figsize=(1.9 * ncols + 0.6, 1.7 * nrows + 0.8))
+    # constrained layout places the figure-level labels beside the panels' tick labels
+    # (tight_layout with a rect left a band of white above and below them)
+    fig = Figure(figsize=(1.9 * ncols + 0.6, 1.7 * nrows + 0.8), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     cmap = matplotlib.colormaps["viridis_r"]
     for i, layer in enumerate(layers):
@@ -218,7 +220,6 @@ def plot_conditional_sd(ds: xr.Dataset, sublayer: str = "attn", *,
     fig.supylabel("SD[y | x] / SD(y)", fontsize=8)
     fig.suptitle(f"{SUBLAYER_TITLES.get(sublayer, sublayer)}: conditional SD against x, "
                  f"{_kind_text(pair_kind)}, {pooling} pairs", fontsize=9)
-    fig.tight_layout(rect=(0.02, 0.02, 1, 0.96))
     return fig
 
 
