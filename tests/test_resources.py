@@ -168,3 +168,12 @@ def test_items_per_step_spreads_the_items_evenly():
     assert acc.items_per_step(12, per_layer, "cpu") == 4
     acc.device_step_bytes = 1
     assert acc.items_per_step(12, per_layer, "cpu") == 1
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 bytes"), (999, "999 bytes"), (1000, "1 kB"),
+                                         (10**6, "1 MB"), (8.2e7, "82 MB"),
+                                         (4 * 10**9, "4 GB"), (1.234e12, "1.23 TB")])
+def test_format_bytes_keeps_small_sizes_readable(n, text):
+    from vitprobe.resources import format_bytes
+
+    assert format_bytes(n) == text

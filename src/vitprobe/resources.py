@@ -16,7 +16,7 @@ from vitprobe.errors import ConfigurationError
 
 __all__ = ["CPU_MEMORY_BUDGET", "DEVICE_STEP_SHARE", "GPU_MEMORY_BUDGET_SHARE", "STEP_BYTES",
            "auto_memory_budget", "available_cpus", "available_memory", "device_step_bytes",
-           "loader_settings", "peak_memory",
+           "format_bytes", "loader_settings", "peak_memory",
            "released_heap", "reset_peak_memory", "retained_heap"]
 
 #: decoding processes on a CPU run: the forward needs the cores, and 2 workers already
@@ -24,6 +24,16 @@ __all__ = ["CPU_MEMORY_BUDGET", "DEVICE_STEP_SHARE", "GPU_MEMORY_BUDGET_SHARE", 
 CPU_WORKERS = 2
 #: at most this many per GPU process: beyond it, workers cost memory and start-up time
 MAX_GPU_WORKERS = 32
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for messages, in the largest decimal unit that keeps it >= 1
+    (``format_bytes(1e6) == "1 MB"``, ``format_bytes(8.2e7) == "82 MB"``, three
+    significant digits), so that a small budget does not read as "0.00 GB"."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} bytes"
 
 
 def available_cpus() -> int:

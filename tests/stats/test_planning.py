@@ -58,5 +58,7 @@ def test_plan_passes_fits_budget() -> None:
     assert len(plan_passes(VIT_B, 32, budget, channels=96)) < len(plan)
     text = describe_plan(VIT_B, 32, plan)
     assert f"{len(plan)} pass(es)" in text and "1.attn" in text
-    with pytest.raises(VitprobeError):
+    with pytest.raises(VitprobeError, match=r"above the budget of 100 MB"):
         plan_passes(VIT_B, 32, 10**8)
+    with pytest.raises(VitprobeError, match=r"above the budget of 1 MB"):  # not "0.00 GB"
+        plan_passes(VIT_B, 32, 10**6)

@@ -33,6 +33,7 @@ from vitprobe.analyses.common import (
     sublayer_name,
 )
 from vitprobe.errors import ConfigurationError
+from vitprobe.resources import format_bytes
 from vitprobe.schema import main_model
 
 if TYPE_CHECKING:
@@ -238,7 +239,7 @@ class MIAnalysis(Analysis):
         need = one_pass_memory(model, context)
         return (f"mi: the counts of {mi_bins(context)} x {mi_bins(context)} bins need {n} "
                 f"passes over the images (a forward of each image per pass) within "
-                f"--memory-budget {context.memory_budget / 1e9:.3g} GB; --memory-budget "
+                f"--memory-budget {format_bytes(context.memory_budget)}; --memory-budget "
                 f"{math.ceil(need / 1e8) / 10:.1f}GB counts them in one pass, as do fewer "
                 "--mi-channels or --mi-bins")
 

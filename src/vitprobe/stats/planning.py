@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitprobe.errors import ConfigurationError
+from vitprobe.resources import format_bytes
 from vitprobe.stats.joint import null_channel_subset
 from vitprobe.stats.layout import Group, NeuronLayout
 
@@ -121,8 +122,8 @@ def plan_passes(layout: NeuronLayout, bins: int, budget_bytes: int, *,
     if per_pass == 0:
         need = joint_memory(layout, bins, n_groups=1, **options).peak  # type: ignore[arg-type]
         raise ConfigurationError(
-            f"one (layer, sublayer) group needs {need / 1e9:.2f} GB with bins={bins}, above "
-            f"the budget of {budget_bytes / 1e9:.2f} GB: lower bins or calibration_images, "
+            f"one (layer, sublayer) group needs {format_bytes(need)} with bins={bins}, above "
+            f"the budget of {format_bytes(budget_bytes)}: lower bins or calibration_images, "
             "study fewer channels, or raise the budget")
     n_pass = -(-len(gs) // per_pass)
     size = -(-len(gs) // n_pass)  # balance: same number per pass

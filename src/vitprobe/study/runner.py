@@ -42,6 +42,7 @@ from vitprobe.errors import (
 )
 from vitprobe.record import Accumulator
 from vitprobe.resources import (
+    format_bytes,
     loader_settings,
     peak_memory,
     released_heap,
@@ -238,7 +239,7 @@ class Study:
             self.log(f"the {self.context.calibration_images} calibration images are forwarded "
                      f"again for {', '.join(again)}, which do not keep them to count in the "
                      f"same pass (the built-in analyses keep them only within the memory "
-                     f"budget, {self.context.memory_budget / 1e9:.3g} GB: --memory-budget)")
+                     f"budget, {format_bytes(self.context.memory_budget)}: --memory-budget)")
         if self.world.is_main:
             t0 = time.perf_counter()
             loader = self._loader(chunk_ids)
