@@ -494,6 +494,33 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
+def test_a_disk_too_small_for_any_checkpoint_says_so_and_resume_starts_over(tmp_path):
+    """No checkpoint fits: the error must not promise a kept one, and the command it
+    names (--resume, once there is room) finishes the run."""
+    disk = tmp_path / "disk"
+    if os.geteuid() != 0 or not _mount_small_disk(disk, "1m"):
+        pytest.skip("needs root to mount a small tmpfs as a full disk")
+    try:
+        out = disk / "run"
+        args = [*TINY_ARGS, "--images", "stimuli:gratings", "--n-images", "24",
+                "--analyses", "moments", "--calibration-images", "8", "--out", str(out),
+                "--no-report", "--checkpoint-every", "0"]
+        proc = subprocess.run(vitprobe_cmd("run", *args), env=env(), capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 1, proc.stderr
+        err = proc.stderr
+        assert "Traceback" not in err and "No space left" in err
+        assert "there is no earlier checkpoint" in err
+        assert "no checkpoint could be written" in err and "checkpoint is kept" not in err
+        assert runfolder.status(out) == "failed" and _progress(out) is None
+        subprocess.run(["mount", "-o", "remount,size=512m", str(disk)], check=True)
+        run(vitprobe_cmd("run", *args, "--resume"))
+        assert runfolder.status(out) == "complete"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 def test_run_study_with_a_module_you_built(tmp_path):
     """The README's own-module route: ``run_study(models=...)`` studies the given module
     (its hooks see every counted image), under the spec's name, with no model loaded."""

@@ -560,11 +560,14 @@ class Study:
                 raise
             except OSError as err:  # a full disk, a folder gone read-only...
                 self._ended("failed", error=f"{type(err).__name__}: {err}")
+                kept = ("the last checkpoint is kept: make room and rerun the same command "
+                        "with --resume"
+                        if (self.out / runfolder.CHECKPOINT).exists() else
+                        "no checkpoint could be written: make room and rerun the same "
+                        "command with --resume (it starts over)")
                 raise ResultsError(
                     f"could not write to {self.out}: {err.strerror or err}"
-                    + (f" ({err.filename})" if err.filename else "")
-                    + "; the last checkpoint is kept: make room and rerun the same command "
-                    "with --resume") from err
+                    + (f" ({err.filename})" if err.filename else "") + f"; {kept}") from err
             except BaseException as err:
                 self._ended("failed", error=f"{type(err).__name__}: {err}")
                 raise
