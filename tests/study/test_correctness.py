@@ -6,11 +6,13 @@ and real processes (killed with real signals).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -448,23 +450,32 @@ def _fill(path: Path, leave: int = 65536) -> None:
         handle.truncate(max(handle.tell() - leave, 0))
 
 
-def _mount_small_disk(path: Path, size: str) -> bool:
+@contextlib.contextmanager
+def _small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (skips the test without root)."""
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True)
-    return proc.returncode == 0
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs as a full disk")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _disk_run_args(out: Path, n_images: int) -> list[str]:
+    """A tiny run that checkpoints after every batch."""
+    return [*TINY_ARGS, "--images", "stimuli:gratings", "--n-images", str(n_images),
+            "--analyses", "moments", "--calibration-images", "8", "--out", str(out),
+            "--no-report", "--checkpoint-every", "0"]
 
 
 @pytest.mark.slow
 def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
-    disk = tmp_path / "disk"
-    if os.geteuid() != 0 or not _mount_small_disk(disk, "512m"):
-        pytest.skip("needs root to mount a small tmpfs as a full disk")
-    try:
+    with _small_disk(tmp_path / "disk", "512m") as disk:
         out = disk / "run"
-        args = [*TINY_ARGS, "--images", "stimuli:gratings", "--n-images", "96",
-                "--analyses", "moments", "--calibration-images", "8", "--out", str(out),
-                "--no-report", "--checkpoint-every", "0"]
+        args = _disk_run_args(out, 96)
         proc = subprocess.Popen(vitprobe_cmd("run", *args), env=env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         t0 = time.monotonic()
@@ -490,22 +501,15 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_finishes(tmp_path):
         (disk / "ballast").unlink()
         run(vitprobe_cmd("run", *args, "--resume"))
         assert runfolder.status(out) == "complete"
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.mark.slow
 def test_a_disk_too_small_for_any_checkpoint_says_so_and_resume_starts_over(tmp_path):
     """No checkpoint fits: the error must not promise a kept one, and the command it
     names (--resume, once there is room) finishes the run."""
-    disk = tmp_path / "disk"
-    if os.geteuid() != 0 or not _mount_small_disk(disk, "1m"):
-        pytest.skip("needs root to mount a small tmpfs as a full disk")
-    try:
+    with _small_disk(tmp_path / "disk", "1m") as disk:
         out = disk / "run"
-        args = [*TINY_ARGS, "--images", "stimuli:gratings", "--n-images", "24",
-                "--analyses", "moments", "--calibration-images", "8", "--out", str(out),
-                "--no-report", "--checkpoint-every", "0"]
+        args = _disk_run_args(out, 24)
         proc = subprocess.run(vitprobe_cmd("run", *args), env=env(), capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 1, proc.stderr
@@ -517,8 +521,6 @@ def test_a_disk_too_small_for_any_checkpoint_says_so_and_resume_starts_over(tmp_
         subprocess.run(["mount", "-o", "remount,size=512m", str(disk)], check=True)
         run(vitprobe_cmd("run", *args, "--resume"))
         assert runfolder.status(out) == "complete"
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_run_study_with_a_module_you_built(tmp_path):
