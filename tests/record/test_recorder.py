@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.models import zoo
-from vitprobe.errors import VitprobeError
+from vitprobe.errors import InputShapeError, VitprobeError
 from vitprobe.record import Recorder, resolve_sites
 
 ALL = list(zoo.FACTORIES)
@@ -199,3 +199,21 @@ def test_site_globs_and_errors():
         resolve_sites("blocks.0.mlp.pre", 2)
     with pytest.raises(VitprobeError, match="unknown site"):
         Recorder(zoo.make("timm-vit"), "layers.0.out")
+    with pytest.raises(VitprobeError, match=r"not from the end \(the last is 'blocks\.1\.mlp"):
+        resolve_sites("blocks.-1.mlp.out", 2)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: torch.zeros(2, 32, 32, 3), r"got \(2, 32, 32, 3\): channels last\? "
+                                        r"pixels\.permute\(0, 3, 1, 2\)"),
+    (lambda: torch.zeros(3, 32, 32), r"one image\? pixels\[None\]"),
+    (lambda: torch.zeros(2, 3, 32), r"shape \(batch, 3, H, W\), got \(2, 3, 32\)"),
+    (lambda: torch.zeros(2, 3, 32, 32).numpy(), "got ndarray"),
+    (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "preprocessed floats"),
+])
+def test_a_batch_of_the_wrong_form_is_named(make, message):
+    probed = zoo.make("timm-vit")
+    with pytest.raises(InputShapeError, match=message):
+        probed.run_with_cache(make(), "blocks.0.attn.pattern")
+    with pytest.raises(InputShapeError, match=message):
+        probed(make())

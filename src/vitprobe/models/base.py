@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitprobe.errors import InputShapeError
 from vitprobe.models.preprocess import PreprocessConfig
 
 #: emit(kind, tensor) with kind in {"q", "k", "v"} and tensor (batch, head, token, d_head)
@@ -277,6 +278,7 @@ class ProbedViT:
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        _check_pixels(pixels)
         return self.adapter.forward(pixels.to(self.device))
 
     def run_with_cache(
@@ -375,3 +377,23 @@ def _stream(model: ProbedViT, batches, sites, *, dtype, device, autocast):
             cache = rec.pop()
             yield batch, cache
             del cache
+
+
+def _check_pixels(pixels: Any) -> None:
+    """A batch must be a floating (batch, channels, H, W) tensor: name what else it is (a
+    model's own error for a channels-last batch reads "Input width (3) doesn't match
+    model"). The channel count is left to the model (a ViT may take other than 3)."""
+    if not isinstance(pixels, torch.Tensor):
+        raise InputShapeError(f"pixels must be a torch.Tensor of shape (batch, 3, H, W), got "
+                              f"{type(pixels).__name__} (torch.from_numpy for an array)")
+    shape = tuple(pixels.shape)
+    hint = ""
+    if pixels.ndim == 3:
+        hint = ": one image? pixels[None]"
+    elif pixels.ndim == 4 and shape[-1] == 3 and shape[1] != 3:
+        hint = ": channels last? pixels.permute(0, 3, 1, 2)"
+    if hint or pixels.ndim != 4:
+        raise InputShapeError(f"pixels must have shape (batch, 3, H, W), got {shape}{hint}")
+    if not pixels.is_floating_point():
+        raise InputShapeError(f"pixels must be preprocessed floats (model.preprocess), got "
+                              f"{pixels.dtype}")

@@ -80,6 +80,11 @@ def resolve_sites(patterns: str | Iterable[str], n_layers: int) -> list[str]:
             if _SITE.match(pattern) and int(_SITE.match(pattern).group(1)) >= n_layers:
                 raise ConfigurationError(
                     f"site {pattern!r}: the model has layers 0..{n_layers - 1}")
+            negative = re.match(r"^blocks\.-\d+\.(.+)$", pattern)
+            if negative:
+                raise ConfigurationError(
+                    f"site {pattern!r}: layers are numbered 0..{n_layers - 1}, not from the "
+                    f"end (the last is {site_name(n_layers - 1, negative.group(1))!r})")
             parse_site(pattern)  # raises the descriptive error for malformed names
             raise ConfigurationError(f"site pattern {pattern!r} matches no site")
         chosen.update(matched)
