@@ -10,12 +10,14 @@ import ctypes.util
 import functools
 import os
 import platform
+import re
 from collections.abc import Iterator
 
 from vitprobe.errors import ConfigurationError
 
 __all__ = ["CPU_MEMORY_BUDGET", "DEVICE_STEP_SHARE", "GPU_MEMORY_BUDGET_SHARE", "STEP_BYTES",
-           "auto_memory_budget", "available_cpus", "available_memory", "device_step_bytes",
+           "auto_memory_budget", "available_cpus", "available_memory", "check_device",
+           "device_step_bytes",
            "format_bytes", "loader_settings", "peak_memory",
            "released_heap", "reset_peak_memory", "retained_heap"]
 
@@ -24,6 +26,27 @@ __all__ = ["CPU_MEMORY_BUDGET", "DEVICE_STEP_SHARE", "GPU_MEMORY_BUDGET_SHARE", 
 CPU_WORKERS = 2
 #: at most this many per GPU process: beyond it, workers cost memory and start-up time
 MAX_GPU_WORKERS = 32
+
+
+def check_device(device: str | object) -> None:
+    """Refuse a device this machine lacks, naming it (torch's own error for ``cuda`` on a
+    machine without one speaks of NVIDIA drivers).
+
+    Raises:
+        ConfigurationError: not cpu, cuda, cuda:N or mps; no CUDA GPU; no GPU N.
+    """
+    name = str(device)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", name):
+        raise ConfigurationError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigurationError(f"device {name}: no CUDA GPU is available here "
+                                     "(torch.cuda.is_available() is False); use cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigurationError(f"device {name}: only {torch.cuda.device_count()} GPU(s)")
 
 
 def format_bytes(n: float) -> str:

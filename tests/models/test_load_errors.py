@@ -44,3 +44,12 @@ def test_checkpoint_of_another_size_is_named(tmp_path):
     with pytest.raises(VitprobeError, match="another shape") as info:
         vitprobe.load_model("timm:vit_tiny_patch16_224", checkpoint=path)
     assert "model (192" in str(info.value)  # names the shapes that differ
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: cuda would load")
+def test_a_device_the_machine_lacks_is_named_before_loading():
+    """torch's own error for cuda without a GPU speaks of NVIDIA drivers."""
+    with pytest.raises(VitprobeError, match=r"device cuda:1: no CUDA GPU is available here"):
+        vitprobe.load_model("timm:vit_tiny_patch16_224", pretrained=False, device="cuda:1")
+    with pytest.raises(VitprobeError, match=r"unknown device 'tpu'; use cpu, cuda or cuda:N"):
+        vitprobe.load_model("timm:vit_tiny_patch16_224", pretrained=False, device="tpu")

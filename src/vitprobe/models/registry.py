@@ -40,6 +40,7 @@ from torch import nn
 from vitprobe.defaults import DEFAULT_MODEL
 from vitprobe.errors import ConfigurationError, UnsupportedModelError, VitprobeError
 from vitprobe.models.base import FamilyAdapter, ProbedViT
+from vitprobe.resources import check_device
 
 #: ``loader(name, pretrained) -> (adapter, source description)``: builds the model a spec
 #: names (``name`` is the part after ``prefix:``), random-init when ``pretrained`` is False
@@ -302,8 +303,10 @@ def load_model(
 
     Raises:
         UnsupportedModelError: the model is not a ViT vitprobe can probe.
+        ConfigurationError: a device this machine lacks.
         VitprobeError: malformed spec, missing files.
     """
+    check_device(device)  # before any download
     if isinstance(spec, nn.Module):
         probed = wrap(spec, pretrained=pretrained)
     else:

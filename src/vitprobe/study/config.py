@@ -12,7 +12,7 @@ from typing import Any
 
 from vitprobe.defaults import DEFAULT_IMAGES, DEFAULT_MODEL, DEMO_N_IMAGES
 from vitprobe.errors import ConfigurationError
-from vitprobe.resources import auto_memory_budget
+from vitprobe.resources import auto_memory_budget, check_device
 from vitprobe.schema import CONTROLS, RANDOM_INIT, TRAINED
 
 #: analyses of a default run, in report order (see vitprobe.analyses.REGISTRY for all)
@@ -127,7 +127,7 @@ class StudyConfig:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "out", Path(self.out))
         set_(self, "analyses", tuple(dict.fromkeys(self.analyses)))
-        _check_device(self.device)  # before the budget: "auto" asks the device
+        check_device(self.device)  # before the budget: "auto" asks the device
         raw_budget = self.memory_budget
         set_(self, "memory_budget", auto_memory_budget(self.device)
              if str(raw_budget).strip().lower() == "auto" else parse_bytes(raw_budget))
@@ -212,16 +212,3 @@ class StudyConfig:
         return [f"{k.replace('_', '-')}: {saved.get(k)!r} -> {v!r}"
                 for k, v in self._fingerprinted().items() if saved.get(k) != v]
 
-
-def _check_device(device: str) -> None:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-        raise ConfigurationError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigurationError(f"--device {device}: no CUDA GPU is available here "
-                              "(torch.cuda.is_available() is False); use --device cpu")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigurationError(f"--device {device}: only {torch.cuda.device_count()} GPU(s)")
