@@ -70,7 +70,10 @@ def read_manifest(out: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(out) / MANIFEST
     if not path.exists():
-        raise ResultsError(f"{out} is not a vitprobe results folder (no {MANIFEST})")
+        # the folder a run writes its netCDF files to, given for the run folder above it
+        above = Path(out).resolve().parent
+        hint = f"; the run folder is {above}" if (above / MANIFEST).exists() else ""
+        raise ResultsError(f"{out} is not a vitprobe results folder (no {MANIFEST}){hint}")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:

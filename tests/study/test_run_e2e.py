@@ -163,4 +163,11 @@ def test_report_redraws_without_model_or_images(finished, tmp_path, monkeypatch)
 
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
-    assert "not a vitprobe results folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a vitprobe results folder" in err and "the run folder is" not in err
+
+
+def test_report_on_a_runs_results_subfolder_names_the_run(finished, capsys):
+    out, _ = finished
+    assert main(["report", str(out / "results")]) == 1
+    assert f"the run folder is {out.resolve()}" in capsys.readouterr().err
