@@ -17,8 +17,7 @@ from vitprobe.errors import ConfigurationError
 
 __all__ = ["CPU_MEMORY_BUDGET", "DEVICE_STEP_SHARE", "GPU_MEMORY_BUDGET_SHARE", "STEP_BYTES",
            "auto_memory_budget", "available_cpus", "available_memory", "check_device",
-           "device_step_bytes",
-           "format_bytes", "loader_settings", "peak_memory",
+           "device_step_bytes", "format_bytes", "loader_settings", "peak_memory",
            "released_heap", "reset_peak_memory", "retained_heap"]
 
 #: decoding processes on a CPU run: the forward needs the cores, and 2 workers already
