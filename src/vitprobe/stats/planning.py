@@ -123,8 +123,9 @@ def plan_passes(layout: NeuronLayout, bins: int, budget_bytes: int, *,
         need = joint_memory(layout, bins, n_groups=1, **options).peak  # type: ignore[arg-type]
         raise ConfigurationError(
             f"one (layer, sublayer) group needs {format_bytes(need)} with bins={bins}, above "
-            f"the budget of {format_bytes(budget_bytes)}: lower bins or calibration_images, "
-            "study fewer channels, or raise the budget")
+            f"the budget of {format_bytes(budget_bytes)}: lower the bins (--mi-bins) or the "
+            "calibration images (--calibration-images), study fewer channels "
+            "(--mi-channels), or raise the budget (--memory-budget)")
     n_pass = -(-len(gs) // per_pass)
     size = -(-len(gs) // n_pass)  # balance: same number per pass
     return [gs[i : i + size] for i in range(0, len(gs), size)]
