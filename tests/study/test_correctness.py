@@ -426,6 +426,22 @@ def test_too_few_images_for_calibration_is_a_clean_error(tmp_path):
     assert runfolder.status(tmp_path / "run") != "running"
 
 
+def test_a_source_of_one_image_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "only.png")
+    import vitprobe.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("no model should load for a one-image source")
+
+    monkeypatch.setattr(vitprobe.models, "load_model", no_model)
+    with pytest.raises(InsufficientDataError,
+                       match=r"holds 1 image\(s\); the image analyses \(moments\) need at "
+                             r"least 2"):
+        run_study(model="timm:vit_tiny_patch16_224", pretrained=False, control=None,
+                  images=str(tmp_path), analyses=("moments",), workers=0,
+                  out=tmp_path / "run", report=False)
+
+
 def test_too_few_readable_calibration_images_names_the_unreadable_ones(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")

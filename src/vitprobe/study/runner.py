@@ -169,6 +169,12 @@ class Study:
         t0 = time.perf_counter()
         # image problems are reported before any model work starts
         source = open_images(cfg.images, n_images=cfg.n_images, seed=cfg.seed)
+        if self.streaming and len(source) < 2:
+            # said here rather than as an accumulator's "calibration_images must be ..."
+            raise InsufficientDataError(
+                f"{cfg.images} holds {len(source)} image(s); the image analyses "
+                f"({', '.join(self.streaming)}) need at least 2 (their bin edges and ranges "
+                "come from the images), and far more for useful statistics")
         self.models = {}
         for variant in cfg.variants:
             pretrained = variant == TRAINED
