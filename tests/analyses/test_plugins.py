@@ -96,6 +96,14 @@ def test_mi_plan_note_names_the_passes_and_the_one_pass_budget(models) -> None:
     suggested = float(note.split("--memory-budget ")[2].split("GB")[0]) * 1e9
     assert need <= suggested < need + 1e8  # rounded up to 0.1 GB
     assert mi.plan(m, dataclasses.replace(CONTEXT, memory_budget=int(suggested))) == 1
+    # more channels asked for than the model has: said, and all are studied
+    many = dataclasses.replace(CONTEXT, options={**CONTEXT.options, "mi_channels": 10**5})
+    assert mi.plan_note(m, many) == (f"mi: --mi-channels 100000 is more than the model's "
+                                     f"{m.d_model} channels per sublayer: all {m.d_model} are "
+                                     "studied")
+    short = dataclasses.replace(many, memory_budget=one_pass_memory(m, many) - 1)
+    both = mi.plan_note(m, short).split("\n")
+    assert len(both) == 2 and "passes over the images" in both[1]
 
 
 def test_mi_split_over_passes_equals_one_pass(models, pixels, results) -> None:

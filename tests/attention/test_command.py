@@ -148,6 +148,9 @@ def test_cli_random_init_only_and_errors(tmp_path, dinov2_dir, capsys):
     assert ds.attrs["include_prefix"] == 1 and ds.attrs["n_selected_tokens"] == 21
     assert not any(v.startswith("qk_") for v in ds.data_vars)
     assert not list(out.glob("**/*.png")) and not (out / "report.html").exists()
-    rc = main(["angles", "--model", f"hf:{dinov2_dir}", "--bins", "45", "--n-images", "1",
+    rc = main(["angles", "--model", f"hf:{dinov2_dir}", "--bins", "45", "--n-images", "2",
                "--images", "stimuli:noise", "--out", str(tmp_path / "e")])
     assert rc == 1 and "even" in capsys.readouterr().err
+    rc = main(["angles", "--model", f"hf:{dinov2_dir}", "--n-images", "1",
+               "--images", "stimuli:noise", "--out", str(tmp_path / "e1")])
+    assert rc == 1 and "holds 1 image(s)" in capsys.readouterr().err

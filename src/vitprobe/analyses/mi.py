@@ -232,16 +232,23 @@ class MIAnalysis(Analysis):
         return len(self._plan_for(model, context))
 
     def plan_note(self, model: ProbedViT, context: Context) -> str | None:
-        """Several passes: how many, and the budget with which one would do."""
+        """More --mi-channels than the model has (all are studied); several passes: how
+        many, and the budget with which one would do."""
+        notes = []
+        asked = context.option("mi_channels")
+        if asked is not None and int(asked) > model.d_model:
+            notes.append(f"mi: --mi-channels {asked} is more than the model's {model.d_model} "
+                         f"channels per sublayer: all {model.d_model} are studied")
         n = len(self._plan_for(model, context))
-        if n == 1:
-            return None
-        need = one_pass_memory(model, context)
-        return (f"mi: the counts of {mi_bins(context)} x {mi_bins(context)} bins need {n} "
+        if n > 1:
+            need = one_pass_memory(model, context)
+            notes.append(
+                f"mi: the counts of {mi_bins(context)} x {mi_bins(context)} bins need {n} "
                 f"passes over the images (a forward of each image per pass) within "
                 f"--memory-budget {format_bytes(context.memory_budget)}; --memory-budget "
                 f"{math.ceil(need / 1e8) / 10:.1f}GB counts them in one pass, as do fewer "
                 "--mi-channels or --mi-bins")
+        return "\n".join(notes) or None
 
     def accumulators(self, model: ProbedViT, context: Context,
                      pass_index: int) -> dict[str, Accumulator]:
