@@ -108,3 +108,19 @@ def test_figures_render_from_saved_file(ds, tmp_path):
     for i, f in enumerate((fig, fig2, fig3)):
         f.savefig(tmp_path / f"{i}.png", dpi=40)
         assert (tmp_path / f"{i}.png").stat().st_size > 1000
+
+
+def test_misuse_is_named(timm_vit):
+    """A spec string, a baseline of another shape and top_k < 1 are refused, saying why."""
+    from vitprobe.errors import ConfigurationError, UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"a loaded model, not the spec "
+                                                    r"'timm:vit_tiny_patch16_224'"):
+        analyze_qk("timm:vit_tiny_patch16_224")
+    rng = np.random.default_rng(0)
+    other = (rng.standard_normal((2, 3, 8, 4)), rng.standard_normal((2, 3, 8, 4)))
+    with pytest.raises(UnsupportedModelError, match=r"must share their shape: random-init's "
+                                                    r"W_Q .* = \(2, 3, 8, 4\)"):
+        analyze_qk(timm_vit, baseline=other)
+    with pytest.raises(ConfigurationError, match="top_k must be >= 1, got 0"):
+        analyze_qk(timm_vit, top_k=0)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from vitprobe.errors import UnsupportedModelError
+from vitprobe.errors import ConfigurationError, UnsupportedModelError
 from vitprobe.schema import RANDOM_INIT, TRAINED, stack_models
 from vitprobe.weights import measures as ms
 from vitprobe.weights.factors import (
@@ -49,6 +49,11 @@ def as_factors(model: Any) -> QKFactors:
         return factors_from_module(model)
     if isinstance(model, tuple | list) and len(model) == 2:
         return factors_from_arrays(*model)
+    if isinstance(model, str):
+        raise UnsupportedModelError(
+            f"analyze_qk takes a loaded model, not the spec {model!r}: "
+            f"vitprobe.load_model({model!r}) first (hf-text: specs: "
+            "vitprobe.weights.text.load_text_factors)")
     raise UnsupportedModelError(f"cannot read query/key weights from {type(model).__name__}")
 
 
@@ -354,19 +359,21 @@ def analyze_qk_models(
     UnsupportedModelError
         A model's weights do not have the first model's shape.
     ValueError
-        ``models`` is empty.
+        ``models`` is empty, or ``top_k`` < 1 (``ConfigurationError``).
     """
     from vitprobe import __version__
 
     if not models:
         raise ValueError("no models to analyse")
+    if int(top_k) < 1:
+        raise ConfigurationError(f"top_k must be >= 1, got {top_k}")
     labels = [str(k) for k in models]
     factors = [as_factors(m) for m in models.values()]
     for lb, f in zip(labels[1:], factors[1:], strict=True):
         if f.W_Q.shape != factors[0].W_Q.shape:
             raise UnsupportedModelError(
-                f"{lb} shape {f.W_Q.shape} differs from {factors[0].W_Q.shape}"
-            )
+                f"the models must share their shape: {lb}'s W_Q is (layers, heads, d_model, "
+                f"d_head) = {tuple(f.W_Q.shape)}, {labels[0]}'s {tuple(factors[0].W_Q.shape)}")
     # per-model spec and source become coordinates along ``model`` (one stacking routine)
     ds = stack_models({
         lb: _one_model(f, fold_ln=fold_ln, scale=scale, top_k=top_k).assign_attrs(
