@@ -78,6 +78,14 @@ def test_subsets_are_seeded_nested_and_checked(folder):
     with pytest.raises(ImageSourceError, match="only 21 are available"):
         source.subset(22)
     assert "10 of 21 selected (seed 1)" in source.subset(10, seed=1).description
+    with pytest.raises(ImageSourceError, match="seed must be >= 0, got -1"):
+        open_images(folder, n_images=10, seed=-1)  # numpy: "expected non-negative integer"
+
+
+def test_a_negative_worker_count_is_refused(folder):
+    """It was taken as 0 without a word."""
+    with pytest.raises(ImageSourceError, match="workers must be >= 0"):
+        make_loader(open_images(folder), PreprocessConfig(), batch_size=2, workers=-2)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5, 30])

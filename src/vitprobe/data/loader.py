@@ -120,8 +120,11 @@ class ImageLoader:
     ) -> None:
         if batch_size < 1:
             raise ImageSourceError(f"batch_size must be >= 1, got {batch_size}")
+        if int(workers) < 0:
+            raise ImageSourceError(f"workers must be >= 0 (0: load in this process), got "
+                                   f"{workers}")
         self.source, self.preprocess = source, preprocess
-        self.batch_size, self.workers = batch_size, max(0, int(workers))
+        self.batch_size, self.workers = batch_size, int(workers)
         self.skipped: list[SkippedImage] = []
         self.n_loaded = 0
         self._loader = DataLoader(

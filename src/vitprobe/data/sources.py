@@ -47,11 +47,13 @@ def open_images(
         seed: seed of the selection (``numpy.random.default_rng``).
 
     Raises:
-        ImageSourceError: the source is missing, empty or malformed, or an option is
-            unknown. Raised here, before any model work.
+        ImageSourceError: the source is missing, empty or malformed, an option is
+            unknown, or ``seed`` is negative. Raised here, before any model work.
     """
     from vitprobe.data.spec import Options, parse_spec
 
+    if int(seed) < 0:  # numpy's own error reads "expected non-negative integer"
+        raise ImageSourceError(f"seed must be >= 0, got {seed}")
     parsed = parse_spec(os.fspath(spec), options)
     opts = Options(parsed.text, parsed.options)
     if parsed.scheme == "hf":
