@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitprobe.errors import InputShapeError, MissingSiteError
+from vitprobe.errors import InputShapeError, MissingSiteError, NonFiniteInputError
 from vitprobe.stats.layout import Group, NeuronLayout, site_name
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "group_axes",
     "groups_attr",
     "layout_attrs",
+    "paired_samples",
     "parse_groups_attr",
     "patch_activations",
     "position_coords",
@@ -123,3 +124,60 @@ def parse_groups_attr(text: str) -> list[Group]:
         layer, s = item.split(".")
         out.append((int(layer), s))
     return out
+
+
+def paired_samples(x: Any, y: Any) -> tuple[Any, Any, tuple[int, ...]]:
+    """Validated (..., N) paired samples of the MI estimators, flattened to (P, N) rows,
+    and the leading shape. Tensors stay tensors (on their device); anything else becomes
+    a numpy array (lists included).
+
+    Raises:
+        InputShapeError: shapes differ, or no sample axis.
+        NonFiniteInputError: NaN or inf (quantile bins, ranks and neighbours are undefined
+            for them), naming the first row that holds one.
+    """
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+    if not isinstance(y, torch.Tensor):
+        y = np.asarray(y)
+    if tuple(x.shape) != tuple(y.shape):
+        raise InputShapeError(f"x and y must have the same shape, got {tuple(x.shape)} and "
+                              f"{tuple(y.shape)}")
+    if len(x.shape) == 0:
+        raise InputShapeError("need samples along the last axis")
+    lead = tuple(x.shape[:-1])
+    n = x.shape[-1]
+    xs, ys = x.reshape(-1, n), y.reshape(-1, n)
+    for name, v in (("x", xs), ("y", ys)):
+        ok = _finite_rows(v)
+        if not ok.all():
+            row = int(np.flatnonzero(~ok)[0])
+            index = tuple(int(i) for i in np.unravel_index(row, lead))
+            where = f" (first at index {index} of the leading axes)" if lead else ""
+            raise NonFiniteInputError(
+                f"{name} holds NaN or inf{where}, in {int((~ok).sum())} of {len(ok)} rows: "
+                "drop those samples first")
+    return xs, ys, lead
+
+
+def _finite_rows(v: Any) -> np.ndarray:
+    """(P,) bool: rows of a (P, N) array or tensor without NaN or inf. A row's sum is
+    finite exactly when its values are (NaN and inf propagate), short of an overflow of
+    the sum, which only sends a row to the exact check: one reduction instead of an
+    elementwise test (the latter cost 12 % of `mutual_info` at N = 10k)."""
+    if isinstance(v, torch.Tensor):
+        if not v.is_floating_point():
+            return np.ones(v.shape[0], bool)
+        ok = torch.isfinite(v.sum(-1))
+        if not bool(ok.all()):
+            bad = ~ok
+            ok[bad] = torch.isfinite(v[bad]).all(-1)
+        return ok.cpu().numpy()
+    if v.dtype.kind not in "fc":
+        return np.ones(v.shape[0], bool)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is checked below
+        ok = np.isfinite(v.sum(-1))
+    if not ok.all():
+        bad = ~ok
+        ok[bad] = np.isfinite(v[bad]).all(-1)
+    return ok

@@ -22,7 +22,8 @@ import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
 
-from vitprobe.errors import InputShapeError
+from vitprobe.errors import ConfigurationError
+from vitprobe.stats._common import paired_samples
 
 __all__ = ["mutual_info_ksg"]
 
@@ -56,17 +57,15 @@ def mutual_info_ksg(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, 
     -------
     float64 numpy array of shape ``x.shape[:-1]``.
     """
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().double().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape:
-        raise InputShapeError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
-    lead = x.shape[:-1]
-    xs = x.reshape(-1, x.shape[-1])
-    ys = y.reshape(-1, y.shape[-1])
+    xs, ys, lead = paired_samples(x, y)
+    if isinstance(xs, torch.Tensor):
+        xs = xs.detach().cpu()
+    if isinstance(ys, torch.Tensor):
+        ys = ys.detach().cpu()
+    xs = np.asarray(xs, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64)
+    if not 1 <= int(k) < xs.shape[-1]:
+        raise ConfigurationError(f"k must be in 1..N-1 = {xs.shape[-1] - 1} neighbours, got {k}")
     rng = np.random.default_rng(seed)
     out = np.array([_ksg_pair(a, b, k, rng) for a, b in zip(xs, ys, strict=True)])
     return out.reshape(lead)

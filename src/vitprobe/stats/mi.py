@@ -55,6 +55,7 @@ from scipy.special import ndtri
 
 from vitprobe._jit import jit_enabled
 from vitprobe.errors import ConfigurationError, InputShapeError, InsufficientDataError
+from vitprobe.stats._common import paired_samples
 from vitprobe.stats._kernels import miller_madow_halves, miller_madow_rows
 from vitprobe.stats.binning import choose_bins, digitize, quantile_edges
 
@@ -231,17 +232,6 @@ def mi_from_counts(counts: ArrayLike, *, method: Method = "extrapolated",
     raise ConfigurationError(f"unknown method {method!r}")
 
 
-def _as_pairs(x: ArrayLike, y: ArrayLike) -> tuple[ArrayLike, ArrayLike, tuple[int, ...]]:
-    if tuple(x.shape) != tuple(y.shape):
-        raise InputShapeError(f"x and y must have the same shape, got {tuple(x.shape)} and "
-                              f"{tuple(y.shape)}")
-    if len(x.shape) == 0:
-        raise InputShapeError("need samples along the last axis")
-    lead = tuple(x.shape[:-1])
-    n = x.shape[-1]
-    return x.reshape(-1, n), y.reshape(-1, n), lead
-
-
 def mutual_info(x: ArrayLike, y: ArrayLike, *, bins: int | None = None,
                 method: Method = "extrapolated", edge_sample: int | None = None,
                 seed: int = 0, chunk_pairs: int = 256) -> ArrayLike:
@@ -276,7 +266,7 @@ def mutual_info(x: ArrayLike, y: ArrayLike, *, bins: int | None = None,
     CPU core is several thousand pairs per second (``benchmarks/mi_throughput.py``).
     """
     is_torch = isinstance(x, torch.Tensor)
-    xs, ys, lead = _as_pairs(x, y)
+    xs, ys, lead = paired_samples(x, y)
     n = xs.shape[-1]
     b = choose_bins(n) if bins is None else int(bins)
     if method == "extrapolated" and b % 2:
@@ -352,7 +342,7 @@ def gaussian_copula_mi(x: ArrayLike, y: ArrayLike) -> np.ndarray:
     ----------
     x, y : (..., N) arrays or tensors. Returns float64 numpy array ``x.shape[:-1]``.
     """
-    xs, ys, lead = _as_pairs(x, y)
+    xs, ys, lead = paired_samples(x, y)
     if isinstance(xs, torch.Tensor):
         xs = xs.detach().cpu().double().numpy()
         ys = ys.detach().cpu().double().numpy()
