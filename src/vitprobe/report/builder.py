@@ -24,6 +24,7 @@ import importlib
 import json
 import multiprocessing
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -226,6 +227,14 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _workers_can_start() -> bool:
+    """Whether spawned or forkserver workers can start: they import the main module from
+    its file, which a script read from stdin (``__file__ == "<stdin>"``) does not have;
+    without a ``__file__`` (a REPL, Jupyter) nothing is imported."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.exists(path)
+
+
 def _draw_all(planned: Sequence[_Planned], files: ResultFiles, fig_dir: Path, pdf: bool,
               workers: int) -> None:
     """Draw every planned figure, in ``workers`` processes when more than one."""
@@ -233,7 +242,7 @@ def _draw_all(planned: Sequence[_Planned], files: ResultFiles, fig_dir: Path, pd
               str(fig_dir / f"{p.spec.slug}.png"),
               str(fig_dir / f"{p.spec.slug}.pdf") if pdf else None) for p in planned]
     done: set[str] = set()
-    if workers > 1 and len(tasks) > 1:
+    if workers > 1 and len(tasks) > 1 and _workers_can_start():
         try:
             with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
                                      mp_context=_context()) as pool:
@@ -242,8 +251,8 @@ def _draw_all(planned: Sequence[_Planned], files: ResultFiles, fig_dir: Path, pd
                     done.add(f.result())
                 return
         except BrokenProcessPool as err:
-            # a worker died (killed for memory, or a main module the workers cannot
-            # import, such as a script read from stdin): draw the rest here
+            # a worker died (killed for memory, or a main module the workers could not
+            # import after all): draw the rest here
             warnings.warn(f"a figure-drawing process died ({err}); drawing the remaining "
                           "figures in this process", RuntimeWarning, stacklevel=3)
     for p, (_, slug, _, png, pdf_path) in zip(planned, tasks, strict=True):
