@@ -113,26 +113,51 @@ def test_unregistered_files_are_named_not_drawn(small_folder, tmp_path):
     assert np.all([not p.name.startswith("mystery") for p in (out / "figures").iterdir()])
 
 
-def test_a_dead_drawing_process_falls_back_to_this_one(small_folder, tmp_path):
-    """A script read from stdin cannot be re-imported by the worker processes, so the
-    pool breaks: the figures are drawn in the calling process instead, with a warning."""
+def _build_in_subprocess(out, tmp_path, *, stdin: bool):
+    """build_report(out, workers=2) in a fresh interpreter, the script read on stdin or
+    from a file whose import kills every worker that imports it (as workers import the
+    main module); returns the finished process and the RuntimeWarnings it printed."""
     import subprocess
     import sys
 
-    out = _copy(small_folder, tmp_path / "stdin")
     script = ("import warnings\nfrom vitprobe.report import build_report\n"
-              "with warnings.catch_warnings(record=True) as caught:\n"
-              "    warnings.simplefilter('always')\n"
-              f"    build_report({str(out)!r}, workers=2)\n"
-              "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n")
-    done = subprocess.run([sys.executable, "-"], input=script, text=True,
-                          capture_output=True, timeout=300)
+              "if __name__ == '__mp_main__':  # a worker importing the main module\n"
+              "    import os\n    os._exit(3)\n"
+              "if __name__ == '__main__':\n"
+              "    with warnings.catch_warnings(record=True) as caught:\n"
+              "        warnings.simplefilter('always')\n"
+              f"        build_report({str(out)!r}, workers=2)\n"
+              "    print([str(w.message) for w in caught if w.category is RuntimeWarning])\n")
+    if stdin:
+        args, feed = [sys.executable, "-"], script
+    else:
+        path = tmp_path / "build.py"
+        path.write_text(script)
+        args, feed = [sys.executable, str(path)], None
+    done = subprocess.run(args, input=feed, text=True, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "drawing the remaining figures in this process" in done.stdout
     slugs = [s.slug for s in get_analysis("moments").figures]
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
         f"{s}.png" for s in slugs)
     assert (out / "report.html").exists()
+    return done
+
+
+def test_a_script_on_stdin_draws_in_this_process(small_folder, tmp_path):
+    """Workers import the main module from its file, which a script read from stdin does
+    not have: the figures are drawn here from the start (no dead workers' tracebacks)."""
+    done = _build_in_subprocess(_copy(small_folder, tmp_path / "stdin"), tmp_path,
+                                stdin=True)
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"  # no warning
+
+
+def test_a_dead_drawing_process_falls_back_to_this_one(small_folder, tmp_path):
+    """Workers that die (here: killed as they import the main module) break the pool:
+    the figures are drawn in the calling process instead, with a warning."""
+    done = _build_in_subprocess(_copy(small_folder, tmp_path / "dead"), tmp_path,
+                                stdin=False)
+    assert "drawing the remaining figures in this process" in done.stdout
 
 
 def test_small_variables_are_read_when_their_file_opens(small_folder, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from tests.study.helpers import SMALL_RUN, env, run, vitprobe_cmd
+from tests.study.helpers import SMALL_RUN, run, vitprobe_cmd
 from vitprobe.analyses import REGISTRY, get_analysis
 from vitprobe.cli import main
 
@@ -159,24 +159,6 @@ def test_report_redraws_without_model_or_images(finished, tmp_path, monkeypatch)
         a = np.asarray(Image.open(out / "figures" / f"{spec.slug}.png"))
         b = np.asarray(Image.open(copy / "figures" / f"{spec.slug}.png"))
         np.testing.assert_array_equal(a, b, err_msg=spec.slug)
-
-
-def test_report_from_a_script_on_stdin_draws_without_dead_workers(finished, tmp_path):
-    """Worker processes import the main module from its file; a script read from stdin
-    has none, so they died (tracebacks, a warning) before the figures were drawn here."""
-    import subprocess
-    import sys
-
-    out, _ = finished
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("figures", "report.html"))
-    script = f"from vitprobe.report import build_report\nbuild_report({str(copy)!r}, workers=2)\n"
-    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True,
-                          text=True, env=env(), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "process died" not in proc.stderr, proc.stderr
-    assert (copy / "report.html").exists()
-    assert {p.stem for p in (copy / "figures").glob("*.png")} == {s.slug for s in FIGURES}
 
 
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
