@@ -134,8 +134,10 @@ def test_shapes_and_backends() -> None:
         mutual_info(x, y[:, :10])
     with pytest.raises(ValueError):
         mutual_info(x, y, bins=15)
-    # array-likes as scikit-learn takes them
+    # array-likes as scikit-learn takes them, reversed views too
     assert mutual_info(x[0].tolist(), y[0].tolist()) == pytest.approx(float(one))
+    assert mutual_info(x[0][::-1], y[0][::-1]) == mutual_info(x[0][::-1].copy(),
+                                                             y[0][::-1].copy())
 
 
 @pytest.mark.parametrize("estimator", ["mutual_info", "mutual_info_ksg", "gaussian_copula_mi"])
