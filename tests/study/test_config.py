@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -79,6 +80,38 @@ def test_progress_lines_without_a_terminal(tmp_path, monkeypatch, capsys):
     assert err.count("24/24") == 1
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and result.n_images == 24
+
+
+def test_counter_messages_are_thinned_to_one_a_minute_and_the_last():
+    """The salience battery reports each batch ("salience arrays: 16/240 stimuli"): a
+    batch job's log gets the finished counts and one line a minute, not 40 lines."""
+    lines: list[str] = []
+    now = [0.0]
+    emit = study_runner.thinned_counters(lines.append, 60.0, clock=lambda: now[0])
+    emit("salience: trained")
+    for done in range(16, 241, 16):
+        now[0] += 10.0  # first seen at 10 s: lines at 70 s (112) and 130 s (208)
+        emit(f"salience arrays: {done}/240 stimuli")
+    emit("salience centre-surround: 22/54 stimuli")
+    emit("salience centre-surround: 54/54 stimuli")
+    emit("salience arrays: 16/240 stimuli")  # the next model's count starts afresh
+    now[0] += 61.0
+    emit("salience arrays: 32/240 stimuli")
+    assert lines == ["salience: trained", "salience arrays: 112/240 stimuli",
+                     "salience arrays: 208/240 stimuli", "salience arrays: 240/240 stimuli",
+                     "salience centre-surround: 54/54 stimuli", "salience arrays: 32/240 stimuli"]
+
+
+def test_a_run_thins_the_salience_counters(tmp_path, capsys):
+    """The runner hands the model-only analyses the thinned log: the battery's batches
+    (16 stimuli each) leave one line per count, not one per batch."""
+    options = {"salience_seeds": 2, "salience_features": ["colour"], "salience_levels": 3,
+               "salience_eigen_layers": [], "salience_batch_size": 4}
+    run_study(**TINY, n_images=8, analyses=("salience",), control=None, options=options,
+              out=tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    counts = re.findall(r"salience arrays: (\d+)/(\d+)", err)
+    assert counts and all(done == total for done, total in counts), err
 
 
 def test_control_none_as_on_the_command_line():

@@ -21,6 +21,7 @@ Analyses are plug-ins (:mod:`vitprobe.analyses`): nothing here knows what they c
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -65,6 +66,10 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 3
 #: seconds between progress lines when stderr is not a terminal
 LOG_EVERY_S = 60.0
+#: ... and when it is (the model-only analyses' counters have no progress bar)
+TERMINAL_LOG_EVERY_S = 10.0
+#: a counter message of an analysis: "<label>: <done>/<total> ..."
+_COUNTER = re.compile(r"^(?P<label>.+?): (?P<done>\d+)/(?P<total>\d+)\b")
 
 
 class StudyInterrupted(VitprobeError):
@@ -106,6 +111,29 @@ class _Stop:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def thinned_counters(log: Callable[[str], None], every_s: float,
+                     clock: Callable[[], float] = time.monotonic) -> Callable[[str], None]:
+    """``log`` with counter messages (``"<label>: <done>/<total> ..."``, one per batch of
+    the salience battery) thinned to the last of each count (done == total) and one line
+    per label every ``every_s`` seconds before it; other messages pass through."""
+    last: dict[str, float] = {}
+
+    def emit(message: str) -> None:
+        counter = _COUNTER.match(message)
+        if counter is None:
+            log(message)
+            return
+        label, now = counter["label"], clock()
+        if int(counter["done"]) >= int(counter["total"]):
+            last.pop(label, None)  # a later count under this label starts afresh
+            log(message)
+        elif now - last.setdefault(label, now) >= every_s:
+            last[label] = now
+            log(message)
+
+    return emit
 
 
 def _unique(items) -> list[tuple[str, str]]:
@@ -594,8 +622,9 @@ class Study:
         if not self.world.is_main:
             return result
         t0 = time.perf_counter()
-        datasets = collect(self.analyses, self.models, self.context, self.finished, self.log,
-                           self.timings)
+        every_s = TERMINAL_LOG_EVERY_S if sys.stderr.isatty() else LOG_EVERY_S
+        datasets = collect(self.analyses, self.models, self.context, self.finished,
+                           thinned_counters(self.log, every_s), self.timings)
         self.timings["results_s"] = time.perf_counter() - t0
         attrs = self._common_attrs()
         t0 = time.perf_counter()
