@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 3
 #: seconds between progress lines when stderr is not a terminal
 LOG_EVERY_S = 60.0
-#: ... and when it is (the model-only analyses' counters have no progress bar)
+#: ... and when progress bars are on (the model-only analyses' counters have none)
 TERMINAL_LOG_EVERY_S = 10.0
 #: a counter message of an analysis: "<label>: <done>/<total> ..."
 _COUNTER = re.compile(r"^(?P<label>.+?): (?P<done>\d+)/(?P<total>\d+)\b")
@@ -622,7 +622,7 @@ class Study:
         if not self.world.is_main:
             return result
         t0 = time.perf_counter()
-        every_s = TERMINAL_LOG_EVERY_S if sys.stderr.isatty() else LOG_EVERY_S
+        every_s = TERMINAL_LOG_EVERY_S if self.progress else LOG_EVERY_S
         datasets = collect(self.analyses, self.models, self.context, self.finished,
                            thinned_counters(self.log, every_s), self.timings)
         self.timings["results_s"] = time.perf_counter() - t0
