@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["f32_from_bits", "jit_enabled", "njit"]
+__all__ = ["add8_f32", "bits_from_f32", "f32_from_bits", "jit_enabled", "njit"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,8 +64,56 @@ if _numba is not None:
 
             return _types.float32(_types.int32), codegen
         return None
+
+    @_intrinsic
+    def bits_from_f32(typingctx: Any, value: Any) -> Any:
+        """The int32 holding the IEEE bits of the float32 ``value`` (a free bit cast, the
+        inverse of :func:`f32_from_bits`)."""
+        if value == _types.float32:
+            def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                return builder.bitcast(args[0], _ir.IntType(32))
+
+            return _types.int32(_types.float32), codegen
+        return None
+
+    @_intrinsic
+    def add8_f32(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any) -> Any:
+        """``dst.flat[dst_at:dst_at + 8] += src.flat[src_at:src_at + 8]`` as one 8-lane
+        vector load, add and store, for C-contiguous float32 arrays (no bounds check).
+
+        numba's compiler leaves such an update of a row picked by a runtime index (a
+        histogram row) as eight scalar read-modify-writes: it cannot prove that ``dst``
+        and ``src`` do not overlap. The caller guarantees they do not."""
+        def ok(a: Any) -> bool:
+            return isinstance(a, _types.Array) and a.dtype == _types.float32 \
+                and a.layout == "C"
+
+        if not (ok(dst) and ok(src) and isinstance(dst_at, _types.Integer)
+                and isinstance(src_at, _types.Integer)):
+            return None
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            vec = _ir.VectorType(_ir.FloatType(), 8).as_pointer()
+
+            def at(kind: Any, array: Any, offset: Any) -> Any:
+                data = context.make_array(kind)(context, builder, array).data
+                return builder.bitcast(builder.gep(data, [offset]), vec)
+
+            d = at(signature.args[0], args[0], args[1])
+            s = at(signature.args[2], args[2], args[3])
+            builder.store(builder.fadd(builder.load(d, align=4), builder.load(s, align=4)),
+                          d, align=4)
+            return context.get_dummy_value()
+
+        return _types.none(dst, _types.intp, src, _types.intp), codegen
 else:  # pragma: no cover - only where numba is missing (the kernels then never run)
     import struct as _struct
 
     def f32_from_bits(bits: int) -> float:
         return _struct.unpack("<f", _struct.pack("<i", int(bits)))[0]
+
+    def bits_from_f32(value: float) -> int:
+        return _struct.unpack("<i", _struct.pack("<f", float(value)))[0]
+
+    def add8_f32(dst: Any, dst_at: int, src: Any, src_at: int) -> None:
+        dst.reshape(-1)[dst_at:dst_at + 8] += src.reshape(-1)[src_at:src_at + 8]

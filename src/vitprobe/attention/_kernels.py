@@ -5,7 +5,17 @@
 with separate torch passes (softmax, arccos, angle bins, scatter, skinny matmuls,
 centring, norms). A query token's geometry row is formed once and reused from L1 by all
 heads. As in the torch reference, sums over one row of keys run in float32
-(reassociated, so that they use SIMD lanes) and everything across rows in float64.
+(reassociated, so that they use SIMD lanes) and everything across rows in float64; the
+attention histograms, like the reference's per-image scatter, sum one image in float32.
+
+The histograms are the scatter of every head's attention into its key's angle bin. Per
+query row the kernel lays out each key's attention of all heads side by side, with a 1
+that counts the pair, so that a key's bin takes them in one 8-lane vector addition
+(:func:`vitprobe._jit.add8_f32`; two for 8 to 15 heads) instead of a scalar
+read-modify-write per head and one for the count. The softmax's row maximum is taken on
+integers (:func:`vitprobe._jit.bits_from_f32`), which vectorise where a float maximum
+with NaN ordering does not. Together they cut the kernel's time per image and layer from
+2.27 to 1.22 ms at DINOv2-S/14's shapes (6 heads, 257 tokens, both variants; one thread).
 
 The kernel takes the raw cosines of a float32 batch: per query row it clamps them to
 [-1, 1], sets the diagonal to cos = theta = 0 (it is not a pair; its bin is a discard
@@ -19,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitprobe._jit import f32_from_bits, njit
+from vitprobe._jit import add8_f32, bits_from_f32, f32_from_bits, njit
 
 __all__ = ["acos32", "angle_sums", "exp32"]
 
@@ -109,7 +119,16 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
     bins = np.zeros((n_var, w), np.int64)
     own_softmax = pattern.size == 0
     prob = np.zeros(n_tok, np.float32)
-    lanes = np.zeros((n_var, n_heads, _LANES, n_bins + 1))
+    # per key of the query row: every head's attention, then 1 (the pair counts as one),
+    # zero-padded to whole 8-lane vectors, so that a key's angle bin takes all of it in
+    # one or two vector additions (per-head scalar scatters cost 6-8x more)
+    width = (n_heads + 1 + 7) // 8 * 8
+    keyrows = np.zeros((w, width), np.float32)
+    keyrows[:, n_heads] = one
+    # one image's attention mass and pair counts per angle bin, in float32 like the
+    # torch reference's per-image scatter (counts are exact: < 2^24 pairs per image);
+    # added to the float64 outputs after each image
+    hist = np.zeros((n_var, _LANES, n_bins + 1, width), np.float32)
     for b in range(first, stop):
         for i in range(start, n_tok):
             for v in range(n_var):
@@ -143,18 +162,20 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
                 geo[v, 2] += rs
                 geo[v, 3] += sc2
                 geo[v, 4] += np.float64(rs) * np.float64(rs)
-                cnt = count[v]
-                for j in range(w):
-                    cnt[brow[j]] += 1
             c0, c1 = crows[0], crows[n_var - 1]  # the same row twice for one variant
             t0, t1 = trows[0], trows[n_var - 1]
             for h in range(n_heads):
                 srow = scores[b, h, i, start:]
                 if own_softmax:  # unnormalised exponentials; the sums scale by 1 / norm
                     full = scores[b, h, i]
-                    top = full[0]
+                    # the row maximum through integers: a float max with NaN ordering
+                    # does not vectorise; IEEE bits made monotone (negative values'
+                    # magnitude bits flipped) compare as float32 values do
+                    key = np.int32(-2147483648)
                     for j in range(n_tok):
-                        top = max(top, full[j])
+                        x = bits_from_f32(full[j])
+                        key = max(key, x ^ ((x >> np.int32(31)) & np.int32(2147483647)))
+                    top = f32_from_bits(key ^ ((key >> np.int32(31)) & np.int32(2147483647)))
                     norm = zero
                     for j in range(n_tok):
                         prob[j] = exp32(full[j] - top)
@@ -195,13 +216,19 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
                     dev_cos[1, h] += dc1
                     attn_theta[1, h] += np.float64(at1) * inv
                     rowcos_r[1, h] += r * rowcos[1]
-                for v in range(n_var):
-                    brow = bins[v]
-                    hl = lanes[v, h]
-                    for j in range(w):
-                        hl[j % _LANES, brow[j]] += arow[j] * inv
-    for v in range(n_var):
-        for h in range(n_heads):
+                for j in range(w):
+                    keyrows[j, h] = arow[j] * inv
+            for v in range(n_var):
+                brow = bins[v]
+                for j in range(w):
+                    row = ((v * _LANES + j % _LANES) * (n_bins + 1) + brow[j]) * width
+                    for c in range(0, width, 8):
+                        add8_f32(hist, row + c, keyrows, j * width + c)
+        for v in range(n_var):
             for k in range(n_bins + 1):
                 for q in range(_LANES):
-                    attn_hist[v, h, k] += lanes[v, h, q, k]
+                    hq = hist[v, q, k]
+                    for h in range(n_heads):
+                        attn_hist[v, h, k] += hq[h]
+                    count[v, k] += np.int64(hq[n_heads])
+        hist[:] = zero
