@@ -76,6 +76,36 @@ def test_histogram_kernel_equals_reference(monkeypatch):
     assert got["hist"][0].sum() == 40 * LAYOUT.n_positions * 24  # outer bins catch the tails
 
 
+def test_histogram_kernel_counts_nan_as_underflow_like_the_accelerator_path():
+    """The numpy reference cannot bin NaN; the compiled kernel and the torch path (that
+    accelerators take) both count it in the underflow bin, every other value alike."""
+    from vitprobe.stats._kernels import histogram_update
+
+    rng = np.random.default_rng(5)
+    n_pos, n_chan, n_bins = 9, 37, 12
+    x = (rng.standard_normal((4, n_pos * n_chan)) * 4).astype(np.float32)
+    x[1, 3] = x[2, 4 * n_chan + 5] = np.nan  # the second is at the centre (position 4)
+    x[3, 7] = np.inf
+    x[3, 8] = -np.inf
+    scale = rng.uniform(0.5, 2, n_pos * n_chan).astype(np.float32)
+    offset = rng.uniform(2, 10, n_pos * n_chan).astype(np.float32)
+    hist = np.zeros((n_chan, n_bins + 2), np.int64)
+    centre = np.zeros_like(hist)
+    histogram_update(x, scale, offset, n_chan, 4, hist, centre)
+    z = torch.nan_to_num(torch.from_numpy(x) * torch.from_numpy(scale)
+                         + torch.from_numpy(offset), nan=0.0).clamp(0, n_bins + 1)
+    ids = z.to(torch.int64).numpy().reshape(4, n_pos, n_chan)
+    want = np.zeros_like(hist)
+    want_centre = np.zeros_like(hist)
+    for i in range(4):
+        for p in range(n_pos):
+            np.add.at(want, (np.arange(n_chan), ids[i, p]), 1)
+        np.add.at(want_centre, (np.arange(n_chan), ids[i, 4]), 1)
+    np.testing.assert_array_equal(hist, want)
+    np.testing.assert_array_equal(centre, want_centre)
+    assert hist[3, 0] >= 1 and hist[5, 0] >= 1 and hist[7, -1] >= 1 and hist[8, 0] >= 1
+
+
 @pytest.mark.parametrize("halves", [1, 2])
 def test_miller_madow_halves_read_a_strided_view_like_the_reference(monkeypatch, halves):
     """The split-half kernel on the accumulator's own layout (a permuted view, read in

@@ -132,25 +132,30 @@ def histogram_update(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, n_cha
         n_chan: channels C.
         centre: index of the central position.
         hist, hist_centre: (C, K) int64 counts of all positions / the centre.
+
+    Per image and position, the bins of its C channels are formed in one loop that
+    vectorises (comparisons as selects, no branches), then counted: mixed in one loop,
+    the count's scattered increments kept the bins from vectorising (2.3x slower).
     """
     b, v = x.shape
     top = np.float32(hist.shape[1] - 1)
     zero = np.float32(0.0)
     n_pos = v // n_chan
+    ks = np.zeros(n_chan, np.int32)
     for i in range(b):
+        xi = x[i]
         for p in range(n_pos):
             base = p * n_chan
             for c in range(n_chan):
                 j = base + c
-                z = x[i, j] * scale[j] + offset[j]
-                if not z >= zero:
-                    z = zero
-                elif z > top:
-                    z = top
-                k = int(z)
-                hist[c, k] += 1
-                if p == centre:
-                    hist_centre[c, k] += 1
+                z = xi[j] * scale[j] + offset[j]
+                z = z if z >= zero else zero  # NaN fails the test: underflow
+                ks[c] = np.int32(min(z, top))
+            for c in range(n_chan):
+                hist[c, ks[c]] += 1
+            if p == centre:
+                for c in range(n_chan):
+                    hist_centre[c, ks[c]] += 1
 
 
 @njit
