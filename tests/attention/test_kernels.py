@@ -75,11 +75,11 @@ def test_add8_f32_adds_eight_lanes_in_place_and_nothing_else():
     np.testing.assert_array_equal(src, before)
 
 
-@pytest.mark.parametrize("n_heads", [1, 7, 8, 12])
+@pytest.mark.parametrize("n_heads", [1, 7, 8, 12, 16])
 @pytest.mark.parametrize(("start", "variants"), [(1, ("raw", "centered")), (0, ("raw",))])
 def test_angle_sums_equal_the_torch_reference_for_any_head_count(n_heads, start, variants):
     """Each key's heads and its pair count go to its angle bin as whole 8-lane vectors:
-    1 and 7 heads fill one vector (with the count), 8 and 12 spill into a second."""
+    1 and 7 heads fill one vector (with the count), 8 and 12 two, 16 (ViT-L) three."""
     import torch
 
     from vitprobe.attention.geometry import layer_sums, pair_geometry
