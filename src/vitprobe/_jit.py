@@ -17,7 +17,10 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["add8_f32", "bits_from_f32", "f32_from_bits", "jit_enabled", "njit"]
+import numpy as np
+
+__all__ = ["add8_f32", "bits_from_f32", "f32_from_bits", "jit_enabled", "njit",
+           "ordered_bits"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -117,3 +120,12 @@ else:  # pragma: no cover - only where numba is missing (the kernels then never 
 
     def add8_f32(dst: Any, dst_at: int, src: Any, src_at: int) -> None:
         dst.reshape(-1)[dst_at:dst_at + 8] += src.reshape(-1)[src_at:src_at + 8]
+
+
+@njit
+def ordered_bits(bits: np.int32) -> np.int32:
+    """IEEE float32 bits (:func:`bits_from_f32`) made monotone: as int32 they order as the
+    floats do (-0 just below +0). Negative values' magnitude bits are flipped; applied
+    twice it gives the bits back. Integer maxima vectorise where float maxima, with their
+    NaN ordering, do not: ``f32_from_bits(ordered_bits(max over ordered_bits(bits)))``."""
+    return bits ^ ((bits >> np.int32(31)) & np.int32(2147483647))

@@ -13,7 +13,7 @@ query row the kernel lays out each key's attention of all heads side by side, wi
 that counts the pair, so that a key's bin takes them in one 8-lane vector addition
 (:func:`vitprobe._jit.add8_f32`; two for 8 to 15 heads) instead of a scalar
 read-modify-write per head and one for the count. The softmax's row maximum is taken on
-integers (:func:`vitprobe._jit.bits_from_f32`), which vectorise where a float maximum
+integers (:func:`vitprobe._jit.ordered_bits`), which vectorise where a float maximum
 with NaN ordering does not. Together they cut the kernel's time per image and layer from
 2.27 to 1.22 ms at DINOv2-S/14's shapes (6 heads, 257 tokens, both variants; one thread).
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitprobe._jit import add8_f32, bits_from_f32, f32_from_bits, njit
+from vitprobe._jit import add8_f32, bits_from_f32, f32_from_bits, njit, ordered_bits
 
 __all__ = ["acos32", "angle_sums", "exp32"]
 
@@ -169,13 +169,11 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
                 if own_softmax:  # unnormalised exponentials; the sums scale by 1 / norm
                     full = scores[b, h, i]
                     # the row maximum through integers: a float max with NaN ordering
-                    # does not vectorise; IEEE bits made monotone (negative values'
-                    # magnitude bits flipped) compare as float32 values do
+                    # does not vectorise
                     key = np.int32(-2147483648)
                     for j in range(n_tok):
-                        x = bits_from_f32(full[j])
-                        key = max(key, x ^ ((x >> np.int32(31)) & np.int32(2147483647)))
-                    top = f32_from_bits(key ^ ((key >> np.int32(31)) & np.int32(2147483647)))
+                        key = max(key, ordered_bits(bits_from_f32(full[j])))
+                    top = f32_from_bits(ordered_bits(key))
                     norm = zero
                     for j in range(n_tok):
                         prob[j] = exp32(full[j] - top)
