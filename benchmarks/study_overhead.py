@@ -12,6 +12,12 @@ fixed costs (everything but the counting pass) as a share of the default run (is
    (with page faults per batch), and each part of the counting batches over the plain
    forward (forward + recording, the non-finite check, every accumulator's ``update``).
    Decoding is timed apart (the loader's workers do it beside the forward). Target <= 1.2.
+   Beside them, the *floor* of the counting pass: the forward with recording plus only
+   the arithmetic no exact implementation of these statistics can skip, each at the
+   speed of one library call (half of each layer's symmetric Gram product of the tokens
+   and the logits q k^T, both by BLAS; one exponential per logit; one read of the sites
+   of all neuron analyses together): what the pass would cost if every kernel ran at the
+   machine's speed and the neuron analyses were one fused pass.
 2. Fixed costs: one default run, ``vitprobe.run_study()`` with the report, timed from
    outside and from ``manifest.json`` ``timings_s`` (``load_s``, ``calibration_s``,
    ``end_calibration_s``, ``pass1_s``, ``results_s`` and per analysis, ``report_s``,
@@ -134,6 +140,24 @@ def counting_pass(args) -> None:
     def counting(parts: bool = False) -> None:
         run_batch(pixels, lambda acc, c: acc.update(c), parts=parts)
 
+    def floor(parts: bool = False) -> None:
+        sync()
+        start = time.perf_counter()
+        with recorder:
+            with torch.inference_mode(), autocast(args.device, args.dtype):
+                model.adapter.forward(pixels)
+            cache = recorder.pop()
+        sync()
+        recorded = time.perf_counter()
+        unavoidable_work(cache, accs)
+        sync()
+        if parts:
+            floor_s.setdefault("forward + recording", []).append(recorded - start)
+            floor_s.setdefault("unavoidable arithmetic", []).append(
+                time.perf_counter() - recorded)
+
+    floor_s: dict[str, list[float]] = {}
+
     one_pass = ", ".join(k for k, a in accs.items() if getattr(a, "counts_calibration", False))
     where = (torch.cuda.get_device_name(torch.device(args.device)) if cuda
              else f"{torch.get_num_threads()} threads")
@@ -151,18 +175,21 @@ def counting_pass(args) -> None:
     # handed back to the kernel after every batch and faulted in again)
     ratios: dict[bool, list[float]] = {True: [], False: []}
     faults: dict[bool, list[int]] = {True: [], False: []}
+    floor_ratios: list[float] = []
     plain_s = []
     for _ in range(args.rounds):
         for retained in (True, False):
-            times: dict[str, list[float]] = {"plain": [], "counting": []}
+            times: dict[str, list[float]] = {"plain": [], "counting": [], "floor": []}
+            runs = [("plain", plain), ("counting", counting)] + (
+                [("floor", floor)] if retained else [])
             with retained_heap(retained):
                 for _ in range(args.repeats):
-                    for name, fn in (("plain", plain), ("counting", counting)):
+                    for name, fn in runs:
                         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                         start = time.perf_counter()
                         # the parts as run_study runs them: with the heap retained (the
                         # runs without it page-fault in the forward and would inflate it)
-                        fn(parts=True) if name == "counting" and retained else fn()
+                        fn(parts=True) if name != "plain" and retained else fn()
                         times[name].append(time.perf_counter() - start)
                         if name == "counting":
                             faults[retained].append(
@@ -171,6 +198,7 @@ def counting_pass(args) -> None:
             ratios[retained].append(c / p)
             if retained:
                 plain_s.append(p)
+                floor_ratios.append(statistics.median(times["floor"]) / p)
     per = 1e3 / args.batch
     print(f"plain forward          {statistics.median(plain_s) * per:7.1f} ms per image")
     for retained, label in ((True, "counting pass / plain"), (False, "  without retained heap")):
@@ -183,11 +211,59 @@ def counting_pass(args) -> None:
     p = statistics.median(plain_s)
     print("counting pass by part, over the plain forward: " + ", ".join(
         f"{name} {statistics.median(v) / p:.3f}" for name, v in part_s.items()))
+    print(f"floor of the counting pass     {'  '.join(f'{x:.3f}' for x in floor_ratios)}  "
+          f"(rounds; median {statistics.median(floor_ratios):.3f}: forward + recording "
+          + ", ".join(f"{name} {statistics.median(v) / p:.3f}" for name, v in floor_s.items()
+                      if name != "forward + recording")
+          + f"; forward + recording {statistics.median(floor_s['forward + recording']) / p:.3f})")
     print(f"decoding (one process) {decode_s * 1e3:7.1f} ms per image (the loader's workers, "
           "beside the forward)")
     print(f"first batch incl. calibration {calib_s:.1f} s")
     if args.device_path or cuda:
         host_work(model, recorder, accs, pixels, args)
+
+
+def unavoidable_work(cache: dict, accs: dict) -> None:
+    """The arithmetic of the default study's statistics that no exact implementation can
+    skip, each op at library speed, image by image on torch's threads split as the
+    compiled angle path splits them (one image per thread, so that its products stay in
+    cache):
+
+    * angle statistics, per followed layer: the cosines of all token pairs need the
+      Gram product of the normalised tokens, which is symmetric, so half of it (``T/2``
+      rows by ``T``; the centred variant follows by a rank-two correction); the
+      attention needs the logits ``q k^T`` of every head and one exponential each;
+    * the neuron analyses (moments, histograms, MI and bowtie counts) and the non-finite
+      check: one read of each site they follow, as if all of them were one fused pass
+      at memory speed.
+    """
+    from vitprobe.attention import AngleAccumulator
+    from vitprobe.record import run_parallel, site_name, torch_threads
+
+    neuron_sites: set[str] = set()
+    angles = [a for a in accs.values() if isinstance(a, AngleAccumulator)]
+    for acc in accs.values():
+        if not isinstance(acc, AngleAccumulator):
+            neuron_sites.update(acc.sites)
+    for site in sorted(neuron_sites):
+        cache[site].sum()
+    n_threads = torch.get_num_threads()
+
+    def images(t: int) -> None:
+        for acc in angles:
+            n = cache[site_name(acc.layers[0], acc.embedding)].shape[0]
+            for b in range(n * t // n_threads, n * (t + 1) // n_threads):
+                for layer in acc.layers:
+                    e = cache[site_name(layer, acc.embedding)][b].float()
+                    u = e * e.square().sum(-1, keepdim=True).rsqrt()
+                    u[: u.shape[0] // 2] @ u.T
+                    q = cache[site_name(layer, "attn.q")][b] * acc.attn_scale
+                    k = cache[site_name(layer, "attn.k")][b].contiguous()
+                    logits = torch.matmul(q, k.transpose(-1, -2))
+                    torch.exp(logits, out=logits)
+
+    with torch_threads(1):
+        run_parallel(images, n_threads, n_threads)
 
 
 def tiny_tensors(spec: str):
