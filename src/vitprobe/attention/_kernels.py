@@ -112,11 +112,13 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
     zero = np.float32(0.0)
     one = np.float32(1.0)
     scale = np.float32(bin_scale)
-    last = n_bins - 1
+    last = np.int32(n_bins - 1)
     rowcos = np.zeros(n_var)
     crows = np.zeros((n_var, w), np.float32)
     trows = np.zeros((n_var, w), np.float32)
-    bins = np.zeros((n_var, w), np.int64)
+    # int32 bins: the float-to-int64 conversion kept the geometry loop scalar (twice the
+    # time per key with int32, where it vectorises)
+    bins = np.zeros((n_var, w), np.int32)
     own_softmax = pattern.size == 0
     prob = np.zeros(n_tok, np.float32)
     # per key of the query row: every head's attention, then 1 (the pair counts as one),
@@ -141,10 +143,10 @@ def angle_sums(cos: np.ndarray, scores: np.ndarray, pattern: np.ndarray, start: 
                     t = acos32(c)
                     crow[j] = c
                     trow[j] = t
-                    brow[j] = min(int(t * scale), last)
+                    brow[j] = min(np.int32(t * scale), last)
                 crow[i - start] = zero  # the diagonal is not a pair
                 trow[i - start] = zero
-                brow[i - start] = n_bins
+                brow[i - start] = np.int32(n_bins)
                 rs = zero
                 st = zero
                 st2 = zero
