@@ -331,13 +331,16 @@ class BowtieCounts(Accumulator):
                 channel[gi] = self._choose(ranking[gi], layer, sub)
             else:
                 channel[gi] = self.fixed_pairs
-            flat = res.reshape(-1, c)
+            # ranges of the chosen channels only: a quantile of every channel's values
+            # took 20x as long (2.6 s per model in the default study)
+            used, where = np.unique(channel[gi], return_inverse=True)
+            flat = res.reshape(-1, c)[:, used]
             mean = flat.mean(0)
             r = np.quantile(np.abs(flat - mean), self.range_quantile, axis=0)
             # a channel that never varies still gets a usable grid
             r = np.where(np.isfinite(r) & (r > 0), r, 1.0)
-            centre[gi] = mean[channel[gi]]
-            half[gi] = r[channel[gi]]
+            centre[gi] = mean[where].reshape(k, 2)
+            half[gi] = r[where].reshape(k, 2)
         self.calibration_n = self._res_n
         self._res_n = 0
         self.ranking_mi = ranking
