@@ -61,6 +61,28 @@ def test_counting_pass_on_the_accelerator_path_waits_for_nothing():
     assert all(int(calls.replace(",", "")) > 0 and waits == "0" for _, calls, waits in lines)
 
 
+def test_counting_pass_timed_beside_its_floor():
+    """The CPU timing of the default study's counting pass on a small model: the pass, its
+    parts and its floor (the forward with recording plus the unavoidable arithmetic), each
+    over the plain forward, and the floor's two parts add up to it."""
+    script = SCRIPT.parent / "study_overhead.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--skip-run", "--model", "timm:vit_tiny_patch16_224",
+         "--random-init", "--batch", "4", "--rounds", "1", "--repeats", "1"],
+        capture_output=True, text=True, env=env(threads=2), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    ratio = float(re.search(r"^counting pass / plain\s+([0-9.]+)", out, re.M).group(1))
+    floor = re.search(r"^floor of the counting pass\s+([0-9.]+).*: forward \+ recording "
+                      r"([0-9.]+), unavoidable arithmetic ([0-9.]+)$", out, re.M)
+    assert floor, out
+    total, recording, arithmetic = (float(x) for x in floor.groups())
+    assert ratio > 1 and recording > 0.5 and arithmetic > 0
+    assert total == pytest.approx(recording + arithmetic, rel=0.1)
+    parts = dict(re.findall(r"(angles/angles|mi/mi|moments/moments) ([0-9.]+)", out))
+    assert len(parts) == 3 and all(float(v) > 0 for v in parts.values())
+
+
 def test_host_time_per_batch_with_tiny_tensors():
     """ViT-B/16's structure with tiny tensors: the accelerator path's calls and the host's
     milliseconds per accumulator, and their total; the stacked accumulators (histograms,
