@@ -38,6 +38,32 @@ def calibrated(layout: NeuronLayout, seed: int = 0, **kw) -> BowtieCounts:
     return acc
 
 
+def test_calibrated_ranges_are_each_channels_mean_and_quantile() -> None:
+    """Every chosen channel's bin grid is centred on its mean over the calibration
+    reservoir (the first 48 images; the centre, its distance-1 neighbours and 16 evenly
+    spaced positions) and spans the range quantile of its absolute deviation."""
+    lay = NeuronLayout(n_layers=2, d_model=6, grid=(5, 5), n_prefix=1)
+    gen = torch.Generator().manual_seed(3)
+    batches = [scale_mixture_batch(lay, 30, gen) for _ in range(2)]
+    acc = BowtieCounts(lay, calibration_images=48, pairs=[(0, 0), (1, 2), (4, 3)])
+    for batch in batches:
+        acc.calibrate(batch)
+    acc.end_calibration()
+    spread = np.linspace(0, lay.n_positions - 1, 16).round().astype(np.int64)
+    positions = np.unique(np.concatenate([[lay.centre_position],
+                                          np.flatnonzero(lay.distance_bin == 1), spread]))
+    tokens = lay.token_index[positions]
+    for gi, (layer, sub) in enumerate(acc.groups):
+        x = torch.cat([b[f"blocks.{layer}.{sub}.out"] for b in batches])[:48]
+        for k, pair in enumerate(acc.channel[gi]):
+            for side, ch in enumerate(pair):
+                v = x[:, tokens, ch].double().numpy().ravel()
+                mean = v.mean()
+                half = np.quantile(np.abs(v - mean), acc.range_quantile)
+                assert acc.centre[gi, k, side] == pytest.approx(mean, rel=1e-6, abs=1e-6)
+                assert acc.half_range[gi, k, side] == pytest.approx(half, rel=1e-6)
+
+
 def brute_force(acc: BowtieCounts, batches: list[dict], gi: int, pair: int, distance: int,
                 pooling: str) -> np.ndarray:
     """The histogram by enumeration: every image, every ordered position pair."""
