@@ -255,7 +255,7 @@ def unavoidable_work(cache: dict, accs: dict) -> None:
                 for layer in acc.layers:
                     e = cache[site_name(layer, acc.embedding)][b].float()
                     u = e * e.square().sum(-1, keepdim=True).rsqrt()
-                    u[: u.shape[0] // 2] @ u.T
+                    u[: u.shape[0] // 2] @ u.T  # the products are timed, not kept
                     q = cache[site_name(layer, "attn.q")][b] * acc.attn_scale
                     k = cache[site_name(layer, "attn.k")][b].contiguous()
                     logits = torch.matmul(q, k.transpose(-1, -2))

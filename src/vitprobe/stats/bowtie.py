@@ -331,8 +331,8 @@ class BowtieCounts(Accumulator):
                 channel[gi] = self._choose(ranking[gi], layer, sub)
             else:
                 channel[gi] = self.fixed_pairs
-            # ranges of the chosen channels only: a quantile of every channel's values
-            # took 20x as long (2.6 s per model in the default study)
+            # ranges of the chosen channels only: the quantile of all C channels' values
+            # cost 1.3 s per model in the default study, for 14 of 384 used
             used, where = np.unique(channel[gi], return_inverse=True)
             flat = res.reshape(-1, c)[:, used]
             mean = flat.mean(0)
