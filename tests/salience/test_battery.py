@@ -286,7 +286,11 @@ def test_gallery_titles_say_when_attention_underflowed(result):
     ds = result[1]["salience"].copy(deep=True)
     att = ds["eigen_attention"]
     ds["eigen_attention"] = att.where(att.pair != "sym-", 0.0)
-    titles = [ax.get_title() for ax in plot_eigen_gallery(ds).axes if ax.get_title()]
+    fig = plot_eigen_gallery(ds)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    # the bar panels' asym- (no image column of its own) is explained
+    bars = {t.get_text() for t in fig.axes[-1].get_xticklabels()}
+    assert "asym-" in bars and "asym- = the asym+ patches" in fig.get_suptitle()
     sym_minus = [t for t in titles if t.startswith("sym-")]
     assert sym_minus and all(t.endswith("attn x0 (underflow)") for t in sym_minus)
     others = [t for t in titles if t.startswith("sym+")]

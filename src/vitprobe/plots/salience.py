@@ -219,7 +219,9 @@ def plot_eigen_gallery(ds: xr.Dataset, eigen_layer: int | None = None,
         ax.tick_params(labelsize=6)
         if h == 0:
             ax.legend(fontsize=5)
+    # asym- has no image column: it is the asym+ pair with query and key swapped
     fig.suptitle(f"Eigen-stimuli of layer {layer + 1} ({route}): query | key patch per mode, "
-                 "cosine with the target, attention relative to uniform", fontsize=9)
+                 "cosine with the target, attention relative to uniform; bars: asym- = the "
+                 "asym+ patches with query and key swapped", fontsize=9)
     fig.tight_layout()
     return fig
