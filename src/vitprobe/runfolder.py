@@ -92,7 +92,7 @@ def holds_run(out: str | os.PathLike) -> bool:
     return True
 
 
-def status(out: str | os.PathLike) -> str | None:
+def status(out: str | os.PathLike, *, holding_lock: bool = False) -> str | None:
     """How the folder's run stands, or None when it holds no run.
 
     ``"running"`` (a process holds the folder's lock), ``"stopped"`` (the manifest says
@@ -100,12 +100,16 @@ def status(out: str | os.PathLike) -> str | None:
     ended, e.g. on a full disk), ``"interrupted"`` (a signal), ``"failed"`` (an error),
     ``"complete"``. A folder with a checkpoint but an unreadable manifest counts as
     ``"stopped"``: resuming it is the safe reading.
+
+    ``holding_lock``: the caller holds the folder's lock (:func:`lock`), as a run does
+    when it checks the folder it is about to write; its own lock would otherwise make a
+    killed run's folder read as running.
     """
     try:
         state = str(read_manifest(out).get("status", "running"))
     except ResultsError:
         return "stopped" if (Path(out) / CHECKPOINT).exists() else None
-    if state == "running" and not is_locked(out):
+    if state == "running" and (holding_lock or not is_locked(out)):
         return "stopped"
     return state
 

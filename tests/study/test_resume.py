@@ -45,6 +45,20 @@ def test_finished_run_is_not_overwritten_without_force(reference_run):
     assert f"vitprobe report {reference_run}" in proc.stderr
 
 
+def test_killed_run_is_refused_as_stopped(tmp_path):
+    """A run killed outright (kill -9) leaves its manifest saying running and no lock
+    holder: a new run in that folder is refused, and the message calls it stopped, not
+    running (the new run's own lock must not make it look alive)."""
+    from vitprobe.study import run_study
+
+    (tmp_path / "manifest.json").write_text('{"vitprobe_results": 1, "status": "running"}')
+    assert runfolder.status(tmp_path) == "stopped"
+    settings = dict(model="imgfocus-dinov2-s14", images="demo?crops=2", n_images=8,
+                    analyses=("moments",), out=tmp_path, control=None)
+    with pytest.raises(ResultsError, match=r"unfinished run \(stopped\); pass --resume"):
+        run_study(**settings, report=False, workers=0)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     from vitprobe.study import checkpoint
 

@@ -172,7 +172,7 @@ class Study:
     # -- 1. prepare ---------------------------------------------------------------------------
     def _check_folder(self) -> None:
         cfg = self.config
-        state = runfolder.status(self.out)
+        state = runfolder.status(self.out, holding_lock=True)  # taken in run()
         if state == "complete" and not cfg.force:
             hint = ("" if (Path(self.out) / runfolder.REPORT).exists() else
                     f" (it has no {runfolder.REPORT}: `vitprobe report {self.out}` draws it "
