@@ -140,6 +140,9 @@ def counting_pass(args) -> None:
     def counting(parts: bool = False) -> None:
         run_batch(pixels, lambda acc, c: acc.update(c), parts=parts)
 
+    #: seconds of the floor's two parts, when ``parts`` is given
+    floor_s: dict[str, list[float]] = {}
+
     def floor(parts: bool = False) -> None:
         sync()
         start = time.perf_counter()
@@ -155,8 +158,6 @@ def counting_pass(args) -> None:
             floor_s.setdefault("forward + recording", []).append(recorded - start)
             floor_s.setdefault("unavoidable arithmetic", []).append(
                 time.perf_counter() - recorded)
-
-    floor_s: dict[str, list[float]] = {}
 
     one_pass = ", ".join(k for k, a in accs.items() if getattr(a, "counts_calibration", False))
     where = (torch.cuda.get_device_name(torch.device(args.device)) if cuda

@@ -10,7 +10,6 @@ from vitprobe._jit import jit_enabled
 pytestmark = pytest.mark.skipif(not jit_enabled(), reason="numba not installed")
 
 
-
 def test_add8_f32_adds_eight_lanes_in_place_and_nothing_else():
     import numba
 
